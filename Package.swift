@@ -1,0 +1,54 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+// Layers, lowest first. A target only depends on targets above it in this list.
+//   CKVM, CLibelf, Firmware (C)  ->  KVM  ->  Machine  ->  Minivisor  ->  MinivisorCLI
+// CKVMBaseline + MinivisorBench hold the benchmark (a minimal C KVM loop as the baseline).
+let package = Package(
+    name: "minivisor",
+    products: [
+        .library(name: "Minivisor", targets: ["Minivisor"]),
+        .executable(name: "minivisor", targets: ["MinivisorCLI"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+        .package(url: "https://github.com/apple/swift-system", from: "1.4.0"),
+    ],
+    targets: [
+        // C shims: ioctl numbers and kvm_run accessors that do not import into Swift.
+        .target(name: "CKVM"),
+        .systemLibrary(name: "CLibelf", pkgConfig: "libelf",
+                       providers: [.apt(["libelf-dev"])]),
+        // Boot code placed into guests (AP trampoline, built-in demo guest), assembled by the build.
+        .target(name: "Firmware", path: "Firmware"),
+
+        // Typed KVM layer: system, VM, vCPU, exits.
+        .target(name: "KVM", dependencies: [
+            "CKVM",
+            .product(name: "SystemPackage", package: "swift-system"),
+        ]),
+        // The machine: guest memory, buses, legacy devices, PCI, boot protocols, vCPU threads.
+        .target(name: "Machine", dependencies: [
+            "KVM", "CKVM", "CLibelf", "Firmware",
+            .product(name: "Logging", package: "swift-log"),
+        ]),
+        // Library API for programs and integration tests.
+        .target(name: "Minivisor", dependencies: [
+            "Machine",
+            .product(name: "Logging", package: "swift-log"),
+        ]),
+        // Benchmarks: minivisor next to a minimal C KVM loop, in one run.
+        .target(name: "CKVMBaseline"),
+        .target(name: "MinivisorBench", dependencies: ["Minivisor", "Machine", "KVM", "CKVMBaseline"]),
+        // The command-line tool.
+        .executableTarget(name: "MinivisorCLI", dependencies: [
+            "Minivisor", "MinivisorBench",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            .product(name: "Logging", package: "swift-log"),
+        ]),
+
+        .testTarget(name: "MachineTests", dependencies: ["Machine", "KVM"]),
+        .testTarget(name: "IntegrationTests", dependencies: ["Minivisor", "Machine", "MinivisorCLI"]),
+    ]
+)
