@@ -1,0 +1,50 @@
+/// Fixed guest-physical addresses of the boot structures (docs/boot-protocol.md). Firmware/ap_trampoline.S
+/// hard-codes apMailbox, apTrampoline and pml4: keep them in step.
+public enum BootLayout {
+    public static let gdt: UInt64 = 0x500
+    public static let bootInfo: UInt64 = 0x1000
+    public static let cmdline: UInt64 = 0x2000
+    public static let cmdlineMaxBytes = 4095
+    public static let memoryMapEntries: UInt64 = 0x4000
+    public static let multibootModules: UInt64 = 0x5000
+    public static let multibootStrings: UInt64 = 0x5400
+    public static let multibootStringsEnd: UInt64 = 0x6000
+    public static let apMailbox: UInt64 = 0x6000
+    public static let apTrampoline: UInt64 = 0x8000
+    public static let apSIPIVector: UInt32 = UInt32(apTrampoline >> 12)
+    public static let pml4: UInt64 = 0x9000
+    public static let pdpt: UInt64 = 0xa000
+    public static let pageDirectories: UInt64 = 0xb000
+    /// Page directories may use [0xb000, 0x70000): 101 pages, 1 GiB each.
+    public static let maxPageDirectories = Int((0x70000 - 0xb000) / 0x1000)
+    public static let bootStackTop: UInt64 = 0x80000
+    public static let mpTable: UInt64 = 0x9fc00
+    public static let ebdaEnd: UInt64 = 0xa0000
+    /// Lowest address an image may load at (everything below belongs to the boot structures).
+    public static let imageMinimum: UInt64 = 0x100000
+
+    /// Selectors in the boot GDT.
+    public static let code64Selector: UInt16 = 0x08
+    public static let dataSelector: UInt16 = 0x10
+    public static let code32Selector: UInt16 = 0x18
+    public static let tssSelector: UInt16 = 0x20
+
+    /// The boot GDT: null, 64-bit code, data, 32-bit code, and a 16-byte TSS descriptor (base 0).
+    public static let gdtEntries: [UInt64] = [
+        0,
+        0x00af_9a00_0000_ffff,
+        0x00cf_9200_0000_ffff,
+        0x00cf_9a00_0000_ffff,
+        0x0000_8b00_0000_0067,
+        0,
+    ]
+}
+
+/// Magic numbers of the boot protocols.
+public enum BootMagic {
+    public static let minivisorBootInfo: UInt32 = 0x4942_564d   // "MVBI"
+    public static let bootInfoVersion: UInt32 = 1
+    public static let bootInfoSize: UInt32 = 80
+    public static let multibootHeader: UInt32 = 0x1BAD_B002
+    public static let multibootBootloader: UInt32 = 0x2BAD_B002
+}

@@ -1,0 +1,136 @@
+/// A multiboot (version 1) header found in an image.
+public struct MultibootHeader: Equatable, Sendable {
+    public static let searchLimit = 8192
+    public static let flagPageAlignModules: UInt32 = 1 << 0
+    public static let flagMemoryInfo: UInt32 = 1 << 1
+    public static let flagVideoMode: UInt32 = 1 << 2
+    public static let flagAOutKludge: UInt32 = 1 << 16
+
+    public let fileOffset: Int
+    public let flags: UInt32
+    public let headerAddress: UInt32
+    public let loadAddress: UInt32
+    public let loadEndAddress: UInt32
+    public let bssEndAddress: UInt32
+    public let entryAddress: UInt32
+
+    public var usesAOutKludge: Bool { flags & MultibootHeader.flagAOutKludge != 0 }
+
+    /// Finds and validates the header in the first 8 KiB. Returns nil when there is no magic there;
+    /// throws when a header is present but unusable.
+    public static func find(in bytes: [UInt8], name: String) throws(ImageError) -> MultibootHeader? {
+        func u32(_ o: Int) -> UInt32 {
+            UInt32(bytes[o]) | UInt32(bytes[o + 1]) << 8 | UInt32(bytes[o + 2]) << 16 | UInt32(bytes[o + 3]) << 24
+        }
+        let limit = min(bytes.count, searchLimit) - 12
+        guard limit >= 0 else { return nil }
+        var o = 0
+        while o <= limit {
+            if u32(o) == BootMagic.multibootHeader {
+                let flags = u32(o + 4)
+                guard BootMagic.multibootHeader &+ flags &+ u32(o + 8) == 0 else {
+                    o += 4
+                    continue   // not a header: checksum does not match
+                }
+                let required = flags & 0xffff
+                let unsupported = required & ~(flagPageAlignModules | flagMemoryInfo | flagVideoMode)
+                guard unsupported == 0 else {
+                    throw .multiboot(name, "header requires feature bits 0x\(String(unsupported, radix: 16)) that minivisor does not provide; drop them from the header flags")
+                }
+                if flags & flagAOutKludge != 0 {
+                    guard o + 32 <= bytes.count else { throw .multiboot(name, "header with the a.out kludge is truncated; rebuild the image") }
+                    return MultibootHeader(fileOffset: o, flags: flags, headerAddress: u32(o + 12), loadAddress: u32(o + 16),
+                                           loadEndAddress: u32(o + 20), bssEndAddress: u32(o + 24), entryAddress: u32(o + 28))
+                }
+                return MultibootHeader(fileOffset: o, flags: flags, headerAddress: 0, loadAddress: 0,
+                                       loadEndAddress: 0, bssEndAddress: 0, entryAddress: 0)
+            }
+            o += 4
+        }
+        return nil
+    }
+
+    /// Load segments and entry point for the a.out kludge, per the multiboot specification.
+    public func aoutLayout(fileSize: Int, name: String) throws(ImageError) -> (segments: [LoadSegment], entry: UInt64) {
+        guard headerAddress >= loadAddress else { throw .multiboot(name, "header_addr is below load_addr; fix the header") }
+        let delta = headerAddress - loadAddress
+        guard UInt64(delta) <= UInt64(fileOffset) else { throw .multiboot(name, "load_addr lies before the start of the file; fix the header") }
+        let start = UInt64(fileOffset) - UInt64(delta)
+        let loadEnd = loadEndAddress == 0 ? UInt64(loadAddress) + UInt64(fileSize) - start : UInt64(loadEndAddress)
+        guard loadEnd >= UInt64(loadAddress), start + (loadEnd - UInt64(loadAddress)) <= UInt64(fileSize) else {
+            throw .multiboot(name, "load_end_addr runs past the end of the file; fix the header")
+        }
+        let fileSize = loadEnd - UInt64(loadAddress)
+        let memEnd = bssEndAddress == 0 ? loadEnd : UInt64(bssEndAddress)
+        guard memEnd >= loadEnd else { throw .multiboot(name, "bss_end_addr is below load_end_addr; fix the header") }
+        guard UInt64(entryAddress) >= UInt64(loadAddress), UInt64(entryAddress) < memEnd else {
+            throw .entryOutsideImage(name, UInt64(entryAddress))
+        }
+        return ([LoadSegment(physicalAddress: UInt64(loadAddress), fileOffset: start, fileSize: fileSize,
+                             memorySize: memEnd - UInt64(loadAddress))], UInt64(entryAddress))
+    }
+}
+
+/// Builds the multiboot information structure at BootLayout.bootInfo.
+struct MultibootInfoWriter {
+    static let flagMemory: UInt32 = 1 << 0
+    static let flagCmdline: UInt32 = 1 << 2
+    static let flagModules: UInt32 = 1 << 3
+    static let flagMemoryMap: UInt32 = 1 << 6
+    static let flagBootLoaderName: UInt32 = 1 << 9
+
+    struct Module { let start: UInt64; let end: UInt64; let string: String }
+
+    static func write(memory: GuestMemory, cmdline: String, modules: [Module]) throws(GuestMemoryError) {
+        let info = BootLayout.bootInfo
+        try memory.fill(0, at: info, count: 128)
+        // Memory map: classic PC layout.
+        var entries: [(UInt64, UInt64, UInt32)] = [(0, 0x9fc00, 1), (0x9fc00, 0x100000 - 0x9fc00, 2)]
+        for r in memory.regions {
+            let start = max(r.guestAddress, 0x100000)
+            if r.end > start { entries.append((start, r.end - start, 1)) }
+        }
+        var a = BootLayout.memoryMapEntries
+        for (base, len, type) in entries {
+            try memory.write(UInt32(20), at: a)
+            try memory.write(base, at: a + 4)
+            try memory.write(len, at: a + 12)
+            try memory.write(type, at: a + 20)
+            a += 24
+        }
+        let lowTop = memory.regions[0].end
+        let memUpperKiB = UInt32(truncatingIfNeeded: (lowTop > 0x100000 ? lowTop - 0x100000 : 0) / 1024)
+        // Strings: command line, boot loader name, module strings.
+        try writeString(memory, cmdline, at: BootLayout.cmdline)
+        var s = BootLayout.multibootStrings
+        let loaderName = s
+        try writeString(memory, "minivisor", at: s)
+        s += 16
+        var m = BootLayout.multibootModules
+        for mod in modules {
+            let bytes = Array(mod.string.utf8.prefix(255))
+            guard s + UInt64(bytes.count) + 1 <= BootLayout.multibootStringsEnd else { break }
+            try memory.write(bytes: bytes + [0], at: s)
+            try memory.write(UInt32(mod.start), at: m)
+            try memory.write(UInt32(mod.end), at: m + 4)
+            try memory.write(UInt32(s), at: m + 8)
+            try memory.write(UInt32(0), at: m + 12)
+            s += UInt64(bytes.count) + 1
+            m += 16
+        }
+        let modCount = UInt32((m - BootLayout.multibootModules) / 16)
+        try memory.write(flagMemory | flagCmdline | flagModules | flagMemoryMap | flagBootLoaderName, at: info + 0)
+        try memory.write(UInt32(639), at: info + 4)
+        try memory.write(memUpperKiB, at: info + 8)
+        try memory.write(UInt32(BootLayout.cmdline), at: info + 16)
+        try memory.write(modCount, at: info + 20)
+        try memory.write(UInt32(BootLayout.multibootModules), at: info + 24)
+        try memory.write(UInt32(a - BootLayout.memoryMapEntries), at: info + 44)
+        try memory.write(UInt32(BootLayout.memoryMapEntries), at: info + 48)
+        try memory.write(UInt32(loaderName), at: info + 64)
+    }
+
+    static func writeString(_ memory: GuestMemory, _ s: String, at address: UInt64) throws(GuestMemoryError) {
+        try memory.write(bytes: Array(s.utf8.prefix(BootLayout.cmdlineMaxBytes)) + [0], at: address)
+    }
+}

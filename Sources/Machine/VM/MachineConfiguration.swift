@@ -1,0 +1,58 @@
+/// Everything needed to build a machine, independent of the image.
+public struct MachineConfiguration: Sendable {
+    /// Guest RAM in bytes (a multiple of 4 KiB, at least 4 MiB, at most the host's physical memory).
+    public var memoryBytes: UInt64 = 256 << 20
+    /// Number of vCPUs (1-255). vCPU 0 boots; the rest wait for INIT/SIPI.
+    public var cpuCount: Int = 1
+    /// Kernel command line passed through the boot protocol.
+    public var cmdline: String = ""
+    /// Where the UART's output goes.
+    public var serialOutput: SerialOutput = .stdout
+    /// Feed this process's standard input to the UART (for interactive use).
+    public var serialInputFromStdin: Bool = false
+    /// Multiboot modules.
+    public var modules: [BootModule] = []
+    /// End the VM with `ExitReason.timeout` after this long.
+    public var timeout: Duration? = nil
+    /// How often the monitor checks whether every vCPU sits halted with interrupts off (a power-off).
+    public var haltPollInterval: Duration = .milliseconds(50)
+    /// Host capabilities; detected by default.
+    public var host: HostProfile = .detect()
+
+    public init() {}
+}
+
+/// A configuration the machine refuses. One line, cause and fix; the CLI exits with status 2.
+public enum ConfigurationError: Error, Equatable, CustomStringConvertible, Sendable {
+    case memoryTooSmall(UInt64)
+    case memoryTooLarge(UInt64, host: UInt64)
+    case memoryNotPageAligned(UInt64)
+    case badCPUCount(Int, max: Int)
+
+    public var description: String {
+        switch self {
+        case .memoryTooSmall(let b):
+            return "--memory \(b) bytes is too small: give at least 4M"
+        case let .memoryTooLarge(b, host):
+            return "--memory \(b >> 20)M is more than this host's \(host >> 20)M of physical memory: give less with --memory"
+        case .memoryNotPageAligned(let b):
+            return "--memory \(b) is not a multiple of 4 KiB: use a size such as 256M or 1G"
+        case let .badCPUCount(n, max):
+            return "--cpus \(n) is out of range: give 1 to \(max)"
+        }
+    }
+
+    static func validate(_ c: MachineConfiguration, maxVCPUs: Int) throws(ConfigurationError) {
+        guard c.memoryBytes >= MemoryLayout.minimumRAM else { throw .memoryTooSmall(c.memoryBytes) }
+        guard c.memoryBytes % MemoryLayout.pageSize == 0 else { throw .memoryNotPageAligned(c.memoryBytes) }
+        let hostBytes = hostPhysicalMemory()
+        guard c.memoryBytes <= min(hostBytes, MemoryLayout.maximumRAM) else { throw .memoryTooLarge(c.memoryBytes, host: hostBytes) }
+        guard c.cpuCount >= 1, c.cpuCount <= maxVCPUs else { throw .badCPUCount(c.cpuCount, max: maxVCPUs) }
+    }
+}
+
+import Glibc
+
+func hostPhysicalMemory() -> UInt64 {
+    UInt64(max(sysconf(Int32(_SC_PHYS_PAGES)), 0)) * UInt64(max(sysconf(Int32(_SC_PAGESIZE)), 0))
+}
