@@ -1,1 +1,21 @@
+// The physical limit for the benchmarks: a minimal C KVM loop that runs the same guest bytes as
+// minivisor does and handles its exits with as little work as possible.
+#ifndef MV_BASELINE_H
+#define MV_BASELINE_H
+#include <stdint.h>
+#include <stddef.h>
 
+struct mv_baseline_result {
+    double seconds;          // wall time of the KVM_RUN loop (first entry to the final exit)
+    uint64_t exits;          // userspace exits handled
+    int error;               // 0, or errno of the failing call
+    char message[160];       // what failed
+};
+
+// Creates a VM like minivisor's (in-kernel irqchip, PIT2, `mem_bytes` of RAM at 0), copies `code` to
+// 1 MiB, and runs it in 32-bit flat protected mode from `entry`. Port writes and MMIO accesses are
+// acknowledged and counted; a write to port 0xf4 ends the run. If `ioeventfd_addr` is non-zero, a 4-byte
+// MMIO ioeventfd is registered there first. Returns 0 on success.
+int mv_baseline_run(const uint8_t *code, size_t len, uint64_t entry, uint64_t mem_bytes,
+                    uint64_t ioeventfd_addr, struct mv_baseline_result *result);
+#endif
