@@ -54,7 +54,7 @@ enum BootStructures {
         let tableAddress = UInt32(BootLayout.mpTable + 16)
         var header: [UInt8] = Array("PCMP".utf8) + le16(UInt16(44 + entries.count)) + [4, 0]
         header += Array("MINIVSR ".utf8) + Array("PC          ".utf8)
-        header += le32(0) + le16(UInt16(count)) + le32(UInt32(MemoryLayout.lapic)) + le16(0) + [0, 0]
+        header += le32(0) + le16(0) + le16(UInt16(count)) + le32(UInt32(MemoryLayout.lapic)) + le16(0) + [0, 0]
         var table = header + entries
         table[7] = checksum(table)
 

@@ -1,0 +1,76 @@
+import Testing
+import Synchronization
+@testable import Machine
+
+final class StopRecorder: MachineControl {
+    let reasons = Mutex<[ExitReason]>([])
+    func requestStop(_ reason: ExitReason) { reasons.withLock { $0.append(reason) } }
+}
+
+@Suite("Legacy devices (no KVM)")
+struct DeviceTests {
+    func reg(_ d: BusDevice, _ off: UInt64) -> UInt8 {
+        var v: UInt8 = 0
+        withUnsafeMutableBytes(of: &v) { d.read(offset: off, data: $0) }
+        return v
+    }
+    func set(_ d: BusDevice, _ off: UInt64, _ value: UInt64, size: Int = 1) {
+        var v = value
+        withUnsafeBytes(of: &v) { d.write(offset: off, data: UnsafeRawBufferPointer(rebasing: $0.prefix(size))) }
+    }
+
+    @Test func serialTransmitsAndReportsIdleLineStatus() throws {
+        let out = Mutex<[UInt8]>([])
+        let irq = Mutex<[Bool]>([])
+        let uart = try Serial16550(output: .callback { b in out.withLock { $0.append(b) } }) { l in irq.withLock { $0.append(l) } }
+        #expect(reg(uart, 5) == 0x60)
+        for b in "hi".utf8 { set(uart, 0, UInt64(b)) }
+        #expect(out.withLock { $0 } == Array("hi".utf8))
+        #expect(reg(uart, 2) & 0x0f == 0x01)                 // no interrupt pending
+        set(uart, 3, 0x80)                                    // DLAB
+        set(uart, 0, 0x01); set(uart, 1, 0x00)
+        #expect(reg(uart, 0) == 0x01)
+        set(uart, 3, 0x03)
+        #expect(out.withLock { $0.count } == 2)              // divisor writes are not output
+        // THRE interrupt: enable it with OUT2 set -> line goes high; reading IIR acknowledges it.
+        set(uart, 4, 0x08)
+        set(uart, 1, 0x02)
+        #expect(irq.withLock { $0.last } == true)
+        #expect(reg(uart, 2) & 0x0f == 0x02)
+        #expect(irq.withLock { $0.last } == false)
+    }
+
+    @Test func serialReceivesIntoFIFO() throws {
+        let uart = try Serial16550(output: .none) { _ in }
+        uart.receive(Array("ab".utf8))
+        #expect(reg(uart, 5) == 0x61)
+        #expect(reg(uart, 0) == UInt8(ascii: "a"))
+        #expect(reg(uart, 0) == UInt8(ascii: "b"))
+        #expect(reg(uart, 5) == 0x60)
+        uart.receive([UInt8](repeating: 1, count: 40))
+        #expect(uart.receiveSpace == 0)
+        #expect(reg(uart, 8) == 0xff)                         // beyond the 8 registers
+    }
+
+    @Test func debugExitPowerOffAndReset() {
+        let rec = StopRecorder()
+        set(DebugExit(control: rec), 0, 0x2a)
+        set(DebugExit(control: rec), 0, 0x0102, size: 2)
+        set(PowerOff(control: rec), 0, 0x0000, size: 2)       // SLP_EN clear: nothing
+        set(PowerOff(control: rec), 0, 0x2000, size: 2)
+        set(I8042(control: rec), 4, 0x01)
+        set(I8042(control: rec), 4, 0xfe)
+        #expect(rec.reasons.withLock { $0 } == [.debugExit(0x2a), .debugExit(0x102), .powerOff, .reboot])
+    }
+
+    @Test func exitStatuses() {
+        #expect(ExitReason.debugExit(0).exitStatus == 1)
+        #expect(ExitReason.debugExit(7).exitStatus == 15)
+        #expect(ExitReason.powerOff.exitStatus == 0)
+        let ours: [ExitReason] = [.reboot, .tripleFault(cpu: 0, registers: ""), .internalError(cpu: 0, detail: "", registers: ""),
+                                  .entryFailure(cpu: 0, reason: 0, registers: ""), .timeout, .hostError("")]
+        let statuses = ours.map(\.exitStatus)
+        #expect(Set(statuses).count == statuses.count)
+        #expect(statuses.allSatisfy { $0 % 2 == 0 && $0 != 0 && $0 != 2 })
+    }
+}
