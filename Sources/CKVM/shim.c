@@ -5,6 +5,7 @@
 #include <signal.h>
 #include <errno.h>
 #include <string.h>
+#include <pthread.h>
 #include <sys/eventfd.h>
 
 #include <sys/mman.h>
@@ -51,6 +52,13 @@ struct kvm_irq_routing_entry *ckvm_irq_routing_entries(struct kvm_irq_routing *r
 static void kick_handler(int sig) { (void)sig; }
 
 int ckvm_kick_signal(void) { return SIGRTMIN + 1; }
+
+int ckvm_unblock_signal(int sig) {
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, sig);
+    return pthread_sigmask(SIG_UNBLOCK, &set, NULL);
+}
 
 int ckvm_install_kick_handler(int sig) {
     struct sigaction sa;

@@ -33,22 +33,22 @@ public struct KVMCapability: Sendable, CustomStringConvertible {
 
 /// Why /dev/kvm cannot be used; each case renders as one line naming the cause and the fix.
 public enum KVMUnavailable: Error, CustomStringConvertible, Sendable {
-    case missing
-    case permissionDenied
-    case openFailed(Int32)
+    case missing(String)
+    case permissionDenied(String)
+    case openFailed(String, Int32)
     case badAPIVersion(Int32)
     case missingCapability(String)
 
     public var description: String {
         switch self {
-        case .missing:
-            return "/dev/kvm does not exist: load the kvm module (modprobe kvm_intel or kvm_amd) or run on a host with virtualisation enabled"
-        case .permissionDenied:
-            return "no permission to open /dev/kvm: add your user to the kvm group (sudo usermod -aG kvm $USER) or run as root"
-        case .openFailed(let e):
-            return "cannot open /dev/kvm: \(String(cString: strerror(e))): check that KVM is working on this host"
+        case .missing(let p):
+            return "\(p) does not exist: load the kvm module (modprobe kvm_intel or kvm_amd) or run on a host with virtualisation enabled"
+        case .permissionDenied(let p):
+            return "no permission to open \(p): add your user to the kvm group (sudo usermod -aG kvm $USER) or run as root"
+        case let .openFailed(p, e):
+            return "cannot open \(p): \(String(cString: strerror(e))): check that KVM is working on this host"
         case .badAPIVersion(let v):
-            return "/dev/kvm reports API version \(v), minivisor needs 12: use a Linux kernel with the stable KVM API"
+            return "the KVM device reports API version \(v), minivisor needs 12: use a Linux kernel with the stable KVM API"
         case .missingCapability(let name):
             return "this host's KVM lacks \(name), which minivisor needs: use a newer host kernel"
         }
@@ -66,9 +66,9 @@ public final class KVMSystem: @unchecked Sendable {
         if raw < 0 {
             let e = Glibc.errno
             switch e {
-            case ENOENT, ENODEV, ENXIO: throw KVMUnavailable.missing
-            case EACCES, EPERM: throw KVMUnavailable.permissionDenied
-            default: throw KVMUnavailable.openFailed(e)
+            case ENOENT, ENODEV, ENXIO: throw KVMUnavailable.missing(path)
+            case EACCES, EPERM: throw KVMUnavailable.permissionDenied(path)
+            default: throw KVMUnavailable.openFailed(path, e)
             }
         }
         fd = FileDescriptor(rawValue: raw)

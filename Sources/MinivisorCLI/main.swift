@@ -114,6 +114,7 @@ struct Run: ParsableCommand {
         config.memoryBytes = parseSize(memory) ?? 0
         config.cpuCount = cpus
         config.cmdline = cmdline
+        if let dev = getenv("MINIVISOR_KVM_DEVICE") { config.kvmDevicePath = String(cString: dev) }
         config.modules = modules.map(BootModule.init(argument:))
         config.timeout = timeout.map { .milliseconds(Int64($0 * 1000)) }
         switch serial {

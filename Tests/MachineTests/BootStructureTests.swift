@@ -9,7 +9,7 @@ struct BootStructureTests {
         let b = BootLayout.bootInfo
         #expect(try mem.read(UInt32.self, at: b) == 0x4942564d)
         #expect(try mem.read(UInt32.self, at: b + 4) == 1)
-        #expect(try mem.read(UInt32.self, at: b + 8) == 80)
+        #expect(try mem.read(UInt32.self, at: b + 8) == 72)
         #expect(try mem.read(UInt32.self, at: b + 12) == 3)
         #expect(try mem.readCString(at: try mem.read(UInt64.self, at: b + 16)) == "a b c")
         #expect(try mem.read(UInt32.self, at: b + 24) == 5)

@@ -119,6 +119,9 @@ static inline void ckvm_events_inject_exception(struct kvm_vcpu_events *e, uint8
 // blocking KVM_RUN return EINTR. Returns 0 or -errno.
 int ckvm_install_kick_handler(int sig);
 int ckvm_kick_signal(void);
+// Unblocks `sig` in the calling thread (threads inherit their creator's mask, and libdispatch workers
+// block everything). Returns 0 or an errno value.
+int ckvm_unblock_signal(int sig);
 // Names the calling thread (at most 15 characters are kept).
 void ckvm_set_thread_name(const char *name);
 

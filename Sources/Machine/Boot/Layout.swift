@@ -44,7 +44,7 @@ public enum BootLayout {
 public enum BootMagic {
     public static let minivisorBootInfo: UInt32 = 0x4942_564d   // "MVBI"
     public static let bootInfoVersion: UInt32 = 1
-    public static let bootInfoSize: UInt32 = 80
+    public static let bootInfoSize: UInt32 = 72
     public static let multibootHeader: UInt32 = 0x1BAD_B002
     public static let multibootBootloader: UInt32 = 0x2BAD_B002
 }

@@ -39,7 +39,7 @@ public final class Machine: MachineControl, @unchecked Sendable {
     public init(configuration: MachineConfiguration, image: BootImage, logger: Logger = Logger(label: "minivisor")) throws {
         self.configuration = configuration
         self.logger = logger
-        kvm = try KVMSystem()
+        kvm = try KVMSystem(path: configuration.kvmDevicePath)
         let maxVCPUs = Int(max(kvm.extensionValue(KVM_CAP_MAX_VCPUS), kvm.extensionValue(KVM_CAP_NR_VCPUS), 1))
         try ConfigurationError.validate(configuration, maxVCPUs: min(maxVCPUs, 255))
         vm = try kvm.createVM()

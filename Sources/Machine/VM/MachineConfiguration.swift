@@ -16,6 +16,8 @@ public struct MachineConfiguration: Sendable {
     public var timeout: Duration? = nil
     /// How often the monitor checks whether every vCPU sits halted with interrupts off (a power-off).
     public var haltPollInterval: Duration = .milliseconds(50)
+    /// The KVM device to open.
+    public var kvmDevicePath: String = "/dev/kvm"
     /// Host capabilities; detected by default.
     public var host: HostProfile = .detect()
 

@@ -70,6 +70,10 @@ extension Machine {
     /// The vCPU thread's loop: KVM_RUN, dispatch the exit, repeat until the machine stops.
     func vcpuLoop(_ c: VCPUContext) {
         let vcpu = c.vcpu
+        if ckvm_unblock_signal(ckvm_kick_signal()) != 0 {
+            requestStop(.hostError("cannot unblock the kick signal on vCPU \(vcpu.id)"))
+            return
+        }
         while !stopping.load(ordering: .sequentiallyConsistent) {
             let exit: VMExit
             do { exit = try vcpu.run() } catch {

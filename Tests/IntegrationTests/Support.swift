@@ -1,0 +1,112 @@
+import Glibc
+import Minivisor
+import Synchronization
+import Testing
+
+/// Paths and helpers shared by the integration tests.
+enum Support {
+    /// The repository root, from this file's location.
+    static let root: String = {
+        var parts = #filePath.split(separator: "/", omittingEmptySubsequences: false)
+        parts.removeLast(3)   // Tests/IntegrationTests/Support.swift
+        return parts.joined(separator: "/")
+    }()
+
+    /// True when /dev/kvm can be opened. CI machines have it: there a missing /dev/kvm is a failure
+    /// (see `KVMRequirementTests`), not a skip.
+    static let kvmAvailable = KVMSystem.isAvailable
+
+    static let guestsBuilt = Mutex<Result<Void, GuestBuildError>?>(nil)
+
+    struct GuestBuildError: Error, CustomStringConvertible { let description: String }
+
+    /// Builds Guests/ with make (once per test process) and returns the path of build/NAME.elf.
+    static func guest(_ name: String) throws -> String {
+        let result = guestsBuilt.withLock { state -> Result<Void, GuestBuildError> in
+            if let r = state { return r }
+            let (status, output) = run("/usr/bin/make", ["-s", "-C", root + "/Guests"])
+            let r: Result<Void, GuestBuildError> = status == 0 ? .success(()) : .failure(GuestBuildError(description: "make -C Guests failed (\(status)): \(output)"))
+            state = r
+            return r
+        }
+        try result.get()
+        return root + "/Guests/build/\(name).elf"
+    }
+
+    /// The minivisor executable next to the test bundle.
+    static var minivisor: String {
+        var buf = [CChar](repeating: 0, count: 4096)
+        let n = readlink("/proc/self/exe", &buf, buf.count - 1)
+        var dir = n > 0 ? String(cString: buf) : CommandLine.arguments[0]
+        while let last = dir.last, last != "/" { dir.removeLast() }
+        return dir + "minivisor"
+    }
+
+    /// Runs a program, returning its exit status and combined stdout+stderr.
+    static func run(_ path: String, _ args: [String], environment: [String: String] = [:]) -> (Int32, String) {
+        var fds: [Int32] = [0, 0]
+        pipe(&fds)
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        posix_spawn_file_actions_adddup2(&actions, fds[1], 1)
+        posix_spawn_file_actions_adddup2(&actions, fds[1], 2)
+        posix_spawn_file_actions_addclose(&actions, fds[0])
+        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+        var env = environment.map { "\($0.key)=\($0.value)" }
+        var e = environ
+        while let p = e.pointee { env.append(String(cString: p)); e += 1 }
+        let argv = ([path] + args).map { strdup($0) } + [nil]
+        let envp = env.map { strdup($0) } + [nil]
+        defer { argv.forEach { free($0) }; envp.forEach { free($0) } }
+        var pid: pid_t = 0
+        let rc = posix_spawn(&pid, path, &actions, nil, argv, envp)
+        posix_spawn_file_actions_destroy(&actions)
+        close(fds[1])
+        guard rc == 0 else { close(fds[0]); return (-1, "posix_spawn failed: \(rc)") }
+        var out: [UInt8] = []
+        var buf = [UInt8](repeating: 0, count: 4096)
+        while true {
+            let n = buf.withUnsafeMutableBytes { read(fds[0], $0.baseAddress, 4096) }
+            if n < 0 && errno == EINTR { continue }
+            if n <= 0 { break }
+            out += buf[0..<n]
+        }
+        close(fds[0])
+        var status: Int32 = 0
+        while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+        let code = (status & 0x7f) == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
+        return (code, String(decoding: out.filter { $0 != 13 }, as: UTF8.self))
+    }
+
+    /// Boots through the library API and captures the serial output.
+    static func boot(_ image: BootImage, memory: UInt64 = 64 << 20, cpus: Int = 1, cmdline: String = "",
+                     modules: [BootModule] = [], timeout: Duration = .seconds(120)) throws -> (ExitReason, String, Machine) {
+        let capture = SerialCapture()
+        var c = MachineConfiguration()
+        c.memoryBytes = memory
+        c.cpuCount = cpus
+        c.cmdline = cmdline
+        c.modules = modules
+        c.timeout = timeout
+        c.serialOutput = .callback { capture.append($0) }
+        let vm = try VirtualMachine(image: image, configuration: c)
+        let reason = vm.run()
+        return (reason, capture.text, vm.machine)
+    }
+
+    static func writeFile(_ path: String, _ bytes: [UInt8]) {
+        let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+        bytes.withUnsafeBytes { _ = write(fd, $0.baseAddress, $0.count) }
+        close(fd)
+    }
+
+    static func tempPath(_ name: String) -> String { "/tmp/minivisor-it-\(getpid())-\(name)" }
+
+    /// A multiboot image (a.out kludge) whose 32-bit code is `code`, loaded at 1 MiB.
+    static func multibootBlob(_ code: [UInt8]) -> [UInt8] {
+        func le(_ v: UInt32) -> [UInt8] { (0..<4).map { UInt8(truncatingIfNeeded: v >> (8 * UInt32($0))) } }
+        let magic: UInt32 = 0x1BADB002, flags: UInt32 = 1 << 16
+        return le(magic) + le(flags) + le(0 &- (magic &+ flags)) + le(0x100000) + le(0x100000) + le(0) + le(0) + le(0x100020)
+            + [UInt8](repeating: 0, count: 0) + code
+    }
+}
