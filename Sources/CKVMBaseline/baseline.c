@@ -95,3 +95,29 @@ out:
     if (mem != MAP_FAILED) munmap(mem, mem_bytes);
     return rc;
 }
+
+double mv_baseline_vm_lifecycle_ms(uint64_t mem_bytes) {
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    int kvm = open("/dev/kvm", O_RDWR | O_CLOEXEC);
+    if (kvm < 0) return -1;
+    int vm = ioctl(kvm, KVM_CREATE_VM, 0);
+    if (vm < 0) { close(kvm); return -1; }
+    uint64_t idmap = 0xfffbc000;
+    ioctl(vm, KVM_SET_IDENTITY_MAP_ADDR, &idmap);
+    ioctl(vm, KVM_SET_TSS_ADDR, 0xfffbd000UL);
+    ioctl(vm, KVM_CREATE_IRQCHIP, 0);
+    void *mem = mmap(NULL, mem_bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (mem != MAP_FAILED) {
+        struct kvm_userspace_memory_region region = {
+            .slot = 0, .guest_phys_addr = 0, .memory_size = mem_bytes, .userspace_addr = (uint64_t)mem };
+        ioctl(vm, KVM_SET_USER_MEMORY_REGION, &region);
+    }
+    int vcpu = ioctl(vm, KVM_CREATE_VCPU, 0);
+    if (vcpu >= 0) close(vcpu);
+    close(vm);
+    close(kvm);
+    if (mem != MAP_FAILED) munmap(mem, mem_bytes);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    return (double)(t1.tv_sec - t0.tv_sec) * 1e3 + (double)(t1.tv_nsec - t0.tv_nsec) / 1e6;
+}

@@ -106,6 +106,11 @@ public enum ExitBenchmark {
         return Result(workload: w, minivisorMicroseconds: median(mv), baselineMicroseconds: median(c))
     }
 
+    /// The host's floor for creating and destroying a VM, measured by the C baseline.
+    public static func vmLifecycleMilliseconds(memoryBytes: UInt64) -> Double {
+        mv_baseline_vm_lifecycle_ms(memoryBytes)
+    }
+
     static func median(_ xs: [Double]) -> Double {
         let s = xs.sorted()
         return s.count % 2 == 1 ? s[s.count / 2] : (s[s.count / 2 - 1] + s[s.count / 2]) / 2

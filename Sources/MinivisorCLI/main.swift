@@ -85,6 +85,9 @@ struct Run: ParsableCommand {
     @Option(help: "End the guest after this many seconds with exit status 12.")
     var timeout: Double?
 
+    @Option(help: "In-kernel i8254 PIT: auto (multiboot kernels get one, minivisor ELF64 guests use the LAPIC timer), on or off.")
+    var pit: String = "auto"
+
     @Option(help: "Log level on stderr: trace, debug, info, notice, warning, error, critical. Unclaimed port/MMIO accesses are logged at debug.")
     var logLevel: String = "warning"
 
@@ -96,6 +99,9 @@ struct Run: ParsableCommand {
         guard cpus >= 1 && cpus <= 255 else { throw ValidationError("--cpus \(cpus) is out of range: give 1 to 255") }
         guard serial == "stdio" || serial == "none" || (serial.hasPrefix("file:") && serial.count > 5) else {
             throw ValidationError("--serial '\(serial)' is not understood: use stdio, none or file:PATH")
+        }
+        guard MachineConfiguration.PITMode(rawValue: pit) != nil else {
+            throw ValidationError("--pit '\(pit)' is not understood: use auto, on or off")
         }
         if let t = timeout, !(t > 0 && t.isFinite) { throw ValidationError("--timeout must be a positive number of seconds") }
         guard Logger.Level(rawValue: logLevel) != nil else {
@@ -114,6 +120,7 @@ struct Run: ParsableCommand {
         config.memoryBytes = parseSize(memory) ?? 0
         config.cpuCount = cpus
         config.cmdline = cmdline
+        config.pit = MachineConfiguration.PITMode(rawValue: pit) ?? .auto
         if let dev = getenv("MINIVISOR_KVM_DEVICE") { config.kvmDevicePath = String(cString: dev) }
         config.modules = modules.map(BootModule.init(argument:))
         config.timeout = timeout.map { .milliseconds(Int64($0 * 1000)) }

@@ -94,6 +94,20 @@ struct LifecycleTests {
         #expect(reason == .powerOff)
     }
 
+    @Test func pitFollowsTheImageKindUnlessForced() throws {
+        let (_, _, elfLike) = try Support.boot(.realModeBlob([0xfa, 0xf4], loadAddress: 0x7c00))
+        #expect(!elfLike.hasPIT)
+        let (_, _, mb) = try Support.boot(.bytes(Support.multibootBlob([0xfa, 0xf4]), name: "mb-halt"))
+        #expect(mb.hasPIT)
+        var c = MachineConfiguration()
+        c.memoryBytes = 16 << 20
+        c.serialOutput = .none
+        c.pit = .on
+        let forced = try VirtualMachine(image: .realModeBlob([0xfa, 0xf4], loadAddress: 0x7c00), configuration: c)
+        #expect(forced.machine.hasPIT)
+        #expect(forced.run() == .powerOff)
+    }
+
     @Test func i8042ResetIsAReboot() throws {
         let (reason, _, _) = try Support.boot(.realModeBlob([0xb0, 0xfe, 0xe6, 0x64, 0xeb, 0xfe], loadAddress: 0x7c00))
         #expect(reason == .reboot)

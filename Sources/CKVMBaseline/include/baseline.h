@@ -18,4 +18,7 @@ struct mv_baseline_result {
 // MMIO ioeventfd is registered there first. Returns 0 on success.
 int mv_baseline_run(const uint8_t *code, size_t len, uint64_t entry, uint64_t mem_bytes,
                     uint64_t ioeventfd_addr, struct mv_baseline_result *result);
+// The host's floor for a VM's life: open /dev/kvm, create a VM with an in-kernel irqchip, register
+// `mem_bytes` of RAM, create one vCPU, close everything. Returns milliseconds, or a negative value.
+double mv_baseline_vm_lifecycle_ms(uint64_t mem_bytes);
 #endif

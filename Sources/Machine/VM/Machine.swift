@@ -24,6 +24,8 @@ public final class Machine: MachineControl, @unchecked Sendable {
     public let pciBus: PCIBus
     public let serial: Serial16550
     public let bootPlan: BootPlan
+    /// Whether the in-kernel PIT was created (see `MachineConfiguration.pit`).
+    public let hasPIT: Bool
     public let logger: Logger
 
     let vcpus: [VCPUContext]
@@ -46,7 +48,6 @@ public final class Machine: MachineControl, @unchecked Sendable {
         try vm.setIdentityMapAddress(MemoryLayout.identityMapAddress)
         try vm.setTSSAddress(MemoryLayout.tssAddress)
         try vm.createIRQChip()
-        try vm.createPIT2()
         memory = try GuestMemory(bytes: configuration.memoryBytes)
         let slot = try memory.register(with: vm)
         nextSlot.withLock { $0 = slot }
@@ -59,6 +60,13 @@ public final class Machine: MachineControl, @unchecked Sendable {
 
         bootPlan = try ImageLoader.load(image, into: memory, cpuCount: configuration.cpuCount,
                                         cmdline: configuration.cmdline, modules: configuration.modules)
+
+        switch configuration.pit {
+        case .on: try vm.createPIT2()
+        case .off: break
+        case .auto: if bootPlan.kind == .multiboot { try vm.createPIT2() }
+        }
+        hasPIT = configuration.pit == .on || (configuration.pit == .auto && bootPlan.kind == .multiboot)
 
         let supported = try kvm.supportedCPUID()
         var contexts: [VCPUContext] = []

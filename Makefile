@@ -1,0 +1,28 @@
+# minivisor: the two set-up commands (see README.md) and a few helpers.
+#   make run    - install missing packages, build, boot the built-in demo guest
+#   make test   - install missing packages, build the guests, run every test
+#   make bench  - benchmarks (ratios against a minimal C KVM loop in the same run)
+SWIFT ?= swift
+
+.PHONY: run test bench guests deps clean
+
+deps:
+	@./scripts/install-deps.sh
+
+guests: deps
+	@$(MAKE) -s -C Guests
+
+run: deps
+	$(SWIFT) build -c release --static-swift-stdlib --product minivisor
+	$$($(SWIFT) build -c release --show-bin-path)/minivisor run
+
+test: guests
+	$(SWIFT) test
+
+bench: guests
+	$(SWIFT) build -c release --static-swift-stdlib --product minivisor
+	$$($(SWIFT) build -c release --show-bin-path)/minivisor bench
+
+clean:
+	$(MAKE) -s -C Guests clean
+	rm -rf .build
