@@ -37,7 +37,7 @@ enum Support {
     static var minivisor: String {
         var buf = [CChar](repeating: 0, count: 4096)
         let n = readlink("/proc/self/exe", &buf, buf.count - 1)
-        var dir = n > 0 ? String(cString: buf) : CommandLine.arguments[0]
+        var dir = n > 0 ? String(decoding: buf[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self) : CommandLine.arguments[0]
         while let last = dir.last, last != "/" { dir.removeLast() }
         return dir + "minivisor"
     }
