@@ -3,6 +3,7 @@ import PackageDescription
 
 // Layers, lowest first. A target only depends on targets above it in this list.
 //   CKVM, CLibelf, Firmware (C)  ->  KVM  ->  Machine  ->  Minivisor  ->  MinivisorCLI
+//   SoftGPU (the software "physical" GPU) knows nothing of KVM, guests or the mediator.
 // CKVMBaseline + MinivisorBench hold the benchmark (a minimal C KVM loop as the baseline).
 let package = Package(
     name: "minivisor",
@@ -33,6 +34,8 @@ let package = Package(
             "KVM", "CKVM", "CLibelf", "Firmware",
             .product(name: "Logging", package: "swift-log"),
         ]),
+        // The software "physical" GPU: GM + GTT, engines, command set, display. No KVM knowledge.
+        .target(name: "SoftGPU"),
         // Library API for programs and integration tests.
         .target(name: "Minivisor", dependencies: [
             "Machine",
@@ -49,6 +52,7 @@ let package = Package(
         ]),
 
         .testTarget(name: "MachineTests", dependencies: ["Machine", "KVM"]),
+        .testTarget(name: "SoftGPUTests", dependencies: ["SoftGPU"]),
         .testTarget(name: "IntegrationTests", dependencies: ["Minivisor", "Machine", "MinivisorCLI"]),
     ]
 )

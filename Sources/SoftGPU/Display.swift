@@ -1,0 +1,242 @@
+import Glibc
+import Synchronization
+
+/// A composed picture: XRGB8888 pixels (bits 31:24 are always zero), row-major, `width * height`.
+public struct Image: Sendable, Equatable {
+    public let width: Int
+    public let height: Int
+    public var pixels: [UInt32]
+    /// Distinct GM pages that could not be read (invalid GTT entry, unmapped bus address, beyond GM);
+    /// they read as black (primary) or transparent (cursor).
+    public var invalidPages: Int
+
+    public init(width: Int, height: Int, pixels: [UInt32], invalidPages: Int = 0) {
+        self.width = width
+        self.height = height
+        self.pixels = pixels
+        self.invalidPages = invalidPages
+    }
+
+    public subscript(x: Int, y: Int) -> UInt32 { pixels[y * width + x] }
+}
+
+/// The display engine: one pipe with a primary plane (XRGB8888) and a 64x64 ARGB8888 cursor.
+///
+/// - Plane registers take effect immediately for `scanout()`. A write of PRI_SURF (register or
+///   LOAD_REGISTER_IMM) or a DISPLAY_FLIP of the primary plane arms a flip; the next vblank completes
+///   it (FLIP_COUNT + 1, FLIP_DONE interrupt). Same for CUR_BASE / cursor flips (CURSOR_FLIP_DONE).
+/// - Vblanks come from `tickVBlank()` or, when a refresh rate is configured, from a timer thread that
+///   ticks while PIPE_CONF bit 31 is set.
+///
+/// Thread-safety: plane state is behind a Mutex; any thread may write registers, flip, tick or scan out.
+public final class DisplayEngine: @unchecked Sendable {
+    struct State {
+        var pipeConf: UInt32 = 0
+        var priCtl: UInt32 = 0
+        var priStride: UInt32 = 0
+        var priSize: UInt32 = 0
+        var priSurf: UInt32 = 0
+        var curCtl: UInt32 = 0
+        var curBase: UInt32 = 0
+        var curPos: UInt32 = 0
+        var vblankCount: UInt32 = 0
+        var flipCount: UInt32 = 0
+        var cursorFlipCount: UInt32 = 0
+        var faults: UInt32 = 0
+        var primaryFlipPending = false
+        var cursorFlipPending = false
+    }
+
+    public enum Plane: UInt32, Sendable { case primary = 0, cursor = 1 }
+
+    /// Largest width or height scanned out; larger planes are clipped.
+    public let maxDimension: Int
+    let gtt: GTT
+    let interrupts: InterruptController
+    private let state = Mutex(State())
+
+    // vblank timer
+    private let timerMonitor = Monitor()
+    private var timerStop = false          // guarded by timerMonitor
+    private var timerThread: pthread_t?    // set once in init, joined in stop()
+    private let refreshRate: Double?
+
+    init(gtt: GTT, interrupts: InterruptController, refreshRate: Double?, maxDimension: Int) {
+        self.gtt = gtt
+        self.interrupts = interrupts
+        self.refreshRate = refreshRate.flatMap { $0 > 0 ? $0 : nil }
+        self.maxDimension = maxDimension
+        if self.refreshRate != nil {
+            timerThread = OSThread.spawn(name: "softgpu-vblank") { [self] in timerLoop() }
+        }
+    }
+
+    func stop() {
+        timerMonitor.withLock { timerStop = true; timerMonitor.broadcast() }
+        if let t = timerThread { OSThread.join(t); timerThread = nil }
+    }
+
+    private func timerLoop() {
+        let period = UInt64(1e9 / refreshRate!)
+        var next = monotonicNanos() &+ period
+        timerMonitor.lock()
+        while !timerStop {
+            if state.withLock({ $0.pipeConf & Reg.pipeConfEnable == 0 }) {
+                // Pipe off: poll the enable bit at the refresh period without ticking.
+                timerMonitor.wait(deadline: monotonicNanos() &+ period)
+                next = monotonicNanos() &+ period
+                continue
+            }
+            if !timerMonitor.wait(deadline: next) {
+                timerMonitor.unlock()
+                tickVBlank()
+                timerMonitor.lock()
+                next &+= period
+                let now = monotonicNanos()
+                if next < now { next = now &+ period }   // fell behind: skip missed frames
+            }
+        }
+        timerMonitor.unlock()
+    }
+
+    /// One vertical blank: completes armed flips and raises VBLANK (+ FLIP_DONE / CURSOR_FLIP_DONE).
+    public func tickVBlank() {
+        let bits: UInt32 = state.withLock { s in
+            s.vblankCount &+= 1
+            var b = Interrupt.vblank
+            if s.primaryFlipPending { s.primaryFlipPending = false; s.flipCount &+= 1; b |= Interrupt.flipDone }
+            if s.cursorFlipPending { s.cursorFlipPending = false; s.cursorFlipCount &+= 1; b |= Interrupt.cursorFlipDone }
+            return b
+        }
+        interrupts.raise(bits)
+    }
+
+    /// DISPLAY_FLIP: new surface (and, for the primary plane, stride); completes at the next vblank.
+    func flip(_ plane: Plane, base: UInt64, stride: UInt32) {
+        state.withLock { s in
+            switch plane {
+            case .primary:
+                s.priSurf = UInt32(truncatingIfNeeded: base) & ~0xFFF
+                s.priStride = stride
+                s.primaryFlipPending = true
+            case .cursor:
+                s.curBase = UInt32(truncatingIfNeeded: base) & ~0xFFF
+                s.cursorFlipPending = true
+            }
+        }
+    }
+
+    static func handles(_ offset: UInt32) -> Bool { offset >= 0x70000 && offset < 0x71000 }
+
+    func read(_ offset: UInt32) -> UInt32 {
+        state.withLock { s in
+            switch offset {
+            case Reg.pipeConf: return s.pipeConf
+            case Reg.vblankCount: return s.vblankCount
+            case Reg.flipCount: return s.flipCount
+            case Reg.cursorFlipCount: return s.cursorFlipCount
+            case Reg.displayFaults: return s.faults
+            case Reg.curCtl: return s.curCtl
+            case Reg.curBase: return s.curBase
+            case Reg.curPos: return s.curPos
+            case Reg.priCtl: return s.priCtl
+            case Reg.priStride: return s.priStride
+            case Reg.priSize: return s.priSize
+            case Reg.priSurf: return s.priSurf
+            default: return 0
+            }
+        }
+    }
+
+    func write(_ offset: UInt32, _ value: UInt32) {
+        state.withLock { s in
+            switch offset {
+            case Reg.pipeConf: s.pipeConf = value & Reg.pipeConfEnable
+            case Reg.curCtl: s.curCtl = value & Reg.planeEnable
+            case Reg.curBase: s.curBase = value & ~0xFFF; s.cursorFlipPending = true
+            case Reg.curPos: s.curPos = value
+            case Reg.priCtl: s.priCtl = value & (Reg.planeEnable | (0xF << 26))
+            case Reg.priStride: s.priStride = value
+            case Reg.priSize: s.priSize = value
+            case Reg.priSurf: s.priSurf = value & ~0xFFF; s.primaryFlipPending = true
+            default: break
+            }
+        }
+        if offset == Reg.pipeConf { timerMonitor.withLock { timerMonitor.broadcast() } }
+    }
+
+    /// The composed picture (primary + cursor), read through the GTT. Size = PRI_SIZE (clipped to
+    /// `maxDimension`); a disabled primary plane or unsupported format scans out black.
+    public func scanout() -> Image {
+        let s = state.withLock { $0 }
+        let width = min(Int(s.priSize & 0xFFFF), maxDimension)
+        let height = min(Int(s.priSize >> 16), maxDimension)
+        var pixels = [UInt32](repeating: 0, count: width * height)
+        var acc = gtt.accessor(honorReadOnly: false)
+        var invalid = Set<UInt64>()
+
+        let priOn = s.priCtl & Reg.planeEnable != 0 && (s.priCtl >> 26) & 0xF == Reg.formatXRGB8888
+        if priOn && width > 0 {
+            let base = UInt64(s.priSurf)
+            let rowBytes = width * 4
+            pixels.withUnsafeMutableBytes { out in
+                for y in 0..<height {
+                    readRow(&acc, gm: base + UInt64(y) * UInt64(s.priStride), bytes: rowBytes,
+                            into: out.baseAddress! + y * rowBytes, invalid: &invalid)
+                }
+            }
+            for i in pixels.indices { pixels[i] &= 0x00FF_FFFF }
+        }
+
+        if s.curCtl & Reg.planeEnable != 0 && width > 0 && height > 0 {
+            var cursor = [UInt32](repeating: 0, count: 64 * 64)
+            cursor.withUnsafeMutableBytes { out in
+                readRow(&acc, gm: UInt64(s.curBase), bytes: 64 * 64 * 4, into: out.baseAddress!, invalid: &invalid)
+            }
+            let (cx, cy) = xy(s.curPos)
+            let j0 = max(0, -cy), j1 = min(64, height - cy)
+            let i0 = max(0, -cx), i1 = min(64, width - cx)
+            for j in j0..<max(j0, j1) {
+                for i in i0..<max(i0, i1) {
+                    let src = cursor[j * 64 + i]
+                    let a = src >> 24
+                    guard a != 0 else { continue }
+                    let idx = (cy + j) * width + cx + i
+                    pixels[idx] = a == 255 ? src & 0x00FF_FFFF : Self.blend(src, over: pixels[idx], alpha: a)
+                }
+            }
+        }
+
+        if !invalid.isEmpty {
+            let n = UInt32(truncatingIfNeeded: invalid.count)
+            state.withLock { $0.faults &+= n }
+        }
+        return Image(width: width, height: height, pixels: pixels, invalidPages: invalid.count)
+    }
+
+    /// Straight-alpha blend of ARGB `src` over XRGB `dst`.
+    static func blend(_ src: UInt32, over dst: UInt32, alpha a: UInt32) -> UInt32 {
+        var out: UInt32 = 0
+        for shift: UInt32 in [0, 8, 16] {
+            let s = (src >> shift) & 0xFF, d = (dst >> shift) & 0xFF
+            out |= ((s * a + d * (255 - a) + 127) / 255) << shift
+        }
+        return out
+    }
+
+    /// Copies `bytes` from GM into `dst`; unreadable pages leave zeros and are recorded.
+    private func readRow(_ acc: inout GMAccessor, gm: UInt64, bytes: Int, into dst: UnsafeMutableRawPointer, invalid: inout Set<UInt64>) {
+        var done = 0
+        while done < bytes {
+            let addr = gm &+ UInt64(done)
+            let off = Int(addr & 0xFFF)
+            let n = min(bytes - done, 4096 - off)
+            if addr >= gm, let p = try? acc.page(addr, write: false) {
+                memcpy(dst + done, p + off, n)
+            } else {
+                invalid.insert(addr >> 12)
+            }
+            done += n
+        }
+    }
+}
