@@ -4,6 +4,7 @@ import PackageDescription
 // Layers, lowest first. A target only depends on targets above it in this list.
 //   CKVM, CLibelf, Firmware (C)  ->  KVM  ->  Machine  ->  Minivisor  ->  MinivisorCLI
 //   SoftGPU (the software "physical" GPU) knows nothing of KVM, guests or the mediator.
+//   VGPU (the mediator: vGPU PCI device, GTT shadow, command scanner) sits on Machine + SoftGPU.
 // CKVMBaseline + MinivisorBench hold the benchmark (a minimal C KVM loop as the baseline).
 let package = Package(
     name: "minivisor",
@@ -21,6 +22,8 @@ let package = Package(
         .target(name: "CKVM"),
         .systemLibrary(name: "CLibelf", pkgConfig: "libelf",
                        providers: [.apt(["libelf-dev"])]),
+        .systemLibrary(name: "CLibpng", pkgConfig: "libpng",
+                       providers: [.apt(["libpng-dev"])]),
         // Boot code placed into guests (AP trampoline, built-in demo guest), assembled by the build.
         .target(name: "Firmware", path: "Firmware"),
 
@@ -36,9 +39,14 @@ let package = Package(
         ]),
         // The software "physical" GPU: GM + GTT, engines, command set, display. No KVM knowledge.
         .target(name: "SoftGPU"),
+        // The mediator: the vGPU PCI device the guest sees, in front of the shared SoftGPU.
+        .target(name: "VGPU", dependencies: [
+            "Machine", "KVM", "SoftGPU", "CLibpng",
+            .product(name: "Logging", package: "swift-log"),
+        ]),
         // Library API for programs and integration tests.
         .target(name: "Minivisor", dependencies: [
-            "Machine",
+            "Machine", "VGPU", "SoftGPU",
             .product(name: "Logging", package: "swift-log"),
         ]),
         // Benchmarks: minivisor next to a minimal C KVM loop, in one run.
@@ -53,6 +61,7 @@ let package = Package(
 
         .testTarget(name: "MachineTests", dependencies: ["Machine", "KVM"]),
         .testTarget(name: "SoftGPUTests", dependencies: ["SoftGPU"]),
+        .testTarget(name: "VGPUTests", dependencies: ["VGPU", "SoftGPU", "Machine", "KVM", "CLibpng"]),
         .testTarget(name: "IntegrationTests", dependencies: ["Minivisor", "Machine", "MinivisorCLI"]),
     ]
 )

@@ -1,7 +1,28 @@
 @_exported import KVM
 @_exported import Machine
+@_exported import SoftGPU
+@_exported import VGPU
 import Logging
 import Synchronization
+
+/// Options for the mediated vGPU.
+public struct VGPUOptions: Sendable {
+    /// The physical GPU to take a vGPU from; nil uses `GPUHost.shared` (one per process).
+    public var host: GPUHost?
+    /// Where the screenshot port (0xf5) and the end of the VM write the scanout as PNG; nil = nowhere.
+    public var screenshotPath: String?
+    /// Virtual vblank rate.
+    public var refreshRate: Double = 60
+    public init(host: GPUHost? = nil, screenshotPath: String? = nil) {
+        self.host = host
+        self.screenshotPath = screenshotPath
+    }
+}
+
+extension GPUHost {
+    /// The process's default physical GPU, created on first use.
+    public static let shared = GPUHost()
+}
 
 /// The library API: build a VM from an image and a configuration, run it, get the reason it ended.
 ///
@@ -13,24 +34,58 @@ import Synchronization
 ///     print(reason.exitStatus)
 public final class VirtualMachine: Sendable {
     public let machine: Machine
+    /// The vGPU, when the VM has one.
+    public let vgpu: VGPU?
+    let screenshotPath: String?
+    let logger: Logger
 
-    public init(image: BootImage, configuration: MachineConfiguration, logger: Logger = Logger(label: "minivisor")) throws {
+    public init(image: BootImage, configuration: MachineConfiguration, vgpu options: VGPUOptions? = nil,
+                logger: Logger = Logger(label: "minivisor")) throws {
         machine = try Machine(configuration: configuration, image: image, logger: logger)
+        self.logger = logger
+        screenshotPath = options?.screenshotPath
+        if let o = options {
+            let v = try VGPU(machine: machine, host: o.host ?? GPUHost.shared, refreshRate: o.refreshRate, logger: logger)
+            vgpu = v
+            let path = o.screenshotPath
+            try machine.pioBus.register(ScreenshotPort { [weak v] in
+                guard let v, let path else { return }
+                do { try PNGWriter.write(v.scanout(), to: path) } catch { logger.warning("\(error)") }
+            }, base: ScreenshotPort.port, size: 1, name: "screenshot")
+        } else {
+            vgpu = nil
+        }
     }
 
-    /// Runs until the guest ends. Call once.
-    public func run() -> ExitReason { machine.run() }
+    deinit { vgpu?.shutdown() }
+
+    /// Runs until the guest ends. Call once. With a vGPU and a screenshot path, the final scanout is saved
+    /// (when the display is on) and the vGPU is released.
+    public func run() -> ExitReason {
+        let reason = machine.run()
+        if let v = vgpu {
+            if let path = screenshotPath {
+                let image = v.scanout()
+                if image.width > 0 {
+                    do { try PNGWriter.write(image, to: path) } catch { logger.warning("\(error)") }
+                }
+            }
+            v.shutdown()
+        }
+        return reason
+    }
 
     /// Ends the VM from another thread.
     public func stop(_ reason: ExitReason = .powerOff) { machine.requestStop(reason) }
 
     /// Boots `image`, capturing everything the guest writes to the serial port.
     public static func runCapturingSerial(image: BootImage, configuration: MachineConfiguration = MachineConfiguration(),
+                                          vgpu: VGPUOptions? = nil,
                                           logger: Logger = Logger(label: "minivisor")) throws -> (reason: ExitReason, serial: String) {
         let buffer = SerialCapture()
         var config = configuration
         config.serialOutput = .callback { buffer.append($0) }
-        let vm = try VirtualMachine(image: image, configuration: config, logger: logger)
+        let vm = try VirtualMachine(image: image, configuration: config, vgpu: vgpu, logger: logger)
         let reason = vm.run()
         return (reason, buffer.text)
     }

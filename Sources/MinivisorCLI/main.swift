@@ -85,6 +85,12 @@ struct Run: ParsableCommand {
     @Option(help: "End the guest after this many seconds with exit status 12.")
     var timeout: Double?
 
+    @Flag(help: "Give the guest a mediated vGPU (PCI 4d56:0001, see docs/vgpu.md).")
+    var vgpu = false
+
+    @Option(help: "With --vgpu: write the display as PNG to PATH when the guest writes to port 0xf5 and when the VM ends.")
+    var screenshot: String?
+
     @Option(help: "In-kernel i8254 PIT: auto (multiboot kernels get one, minivisor ELF64 guests use the LAPIC timer), on or off.")
     var pit: String = "auto"
 
@@ -99,6 +105,9 @@ struct Run: ParsableCommand {
         guard cpus >= 1 && cpus <= 255 else { throw ValidationError("--cpus \(cpus) is out of range: give 1 to 255") }
         guard serial == "stdio" || serial == "none" || (serial.hasPrefix("file:") && serial.count > 5) else {
             throw ValidationError("--serial '\(serial)' is not understood: use stdio, none or file:PATH")
+        }
+        if screenshot != nil && !vgpu {
+            throw ValidationError("--screenshot needs a display: add --vgpu")
         }
         guard MachineConfiguration.PITMode(rawValue: pit) != nil else {
             throw ValidationError("--pit '\(pit)' is not understood: use auto, on or off")
@@ -134,7 +143,8 @@ struct Run: ParsableCommand {
         let bootImage: BootImage = image.map { .file($0) } ?? .builtinDemo
         let vm: VirtualMachine
         do {
-            vm = try VirtualMachine(image: bootImage, configuration: config)
+            vm = try VirtualMachine(image: bootImage, configuration: config,
+                                    vgpu: vgpu ? VGPUOptions(screenshotPath: screenshot) : nil)
         } catch let e as KVMUnavailable {
             fail("\(e)", status: CLIStatus.usage)
         } catch let e as ImageError {
@@ -142,6 +152,8 @@ struct Run: ParsableCommand {
         } catch let e as ConfigurationError {
             fail("\(e)", status: CLIStatus.usage)
         } catch let e as Serial16550.SerialError {
+            fail("\(e)", status: CLIStatus.usage)
+        } catch let e as GPUHost.AllocationError {
             fail("\(e)", status: CLIStatus.usage)
         } catch {
             fail("cannot create the VM: \(error)", status: CLIStatus.hostError)

@@ -80,7 +80,7 @@ public final class Machine: MachineControl, @unchecked Sendable {
         vcpus = contexts
 
         try pioBus.register(serial, base: 0x3f8, size: 8, name: "serial0")
-        try pioBus.register(DebugExit(control: self), base: DebugExit.port, size: 4, name: "debug-exit")
+        try pioBus.register(DebugExit(control: self), base: DebugExit.port, size: 1, name: "debug-exit")
         try pioBus.register(I8042(control: self), base: I8042.base, size: 5, name: "i8042")
         try pioBus.register(PowerOff(control: self), base: PowerOff.port, size: 2, name: "power-off")
         try pioBus.register(pciBus, base: PCIBus.configAddressPort, size: PCIBus.portRangeSize, name: "pci-conf1")

@@ -190,9 +190,9 @@ final class StdinReader: @unchecked Sendable {
 }
 
 /// Dedicated OS threads (vCPUs and device workers never run on Swift concurrency's cooperative pool).
-enum OSThread {
+public enum OSThread {
     /// Creates a joinable thread running `body`; nil when the OS refuses.
-    static func spawn(name: String, _ body: @escaping @Sendable () -> Void) -> pthread_t? {
+    public static func spawn(name: String, _ body: @escaping @Sendable () -> Void) -> pthread_t? {
         final class Box { let body: @Sendable () -> Void; let name: String; init(_ b: @escaping @Sendable () -> Void, _ n: String) { body = b; name = n } }
         let box = Unmanaged.passRetained(Box(body, name))
         var tid = pthread_t()
@@ -207,7 +207,7 @@ enum OSThread {
     }
 
     /// A thread nobody joins.
-    static func detached(name: String, _ body: @escaping @Sendable () -> Void) {
+    public static func detached(name: String, _ body: @escaping @Sendable () -> Void) {
         if let t = spawn(name: name, body) { pthread_detach(t) }
     }
 }

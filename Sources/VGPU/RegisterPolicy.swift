@@ -1,0 +1,88 @@
+import SoftGPU
+
+/// How the vGPU treats a guest access to one register (GVT-g's tracked-register table).
+public enum RegisterPolicy: Sendable, Equatable {
+    /// The vGPU keeps its own value; the guest reads back what it wrote.
+    case emulated
+    /// Writes are ignored; reads return the vGPU's value.
+    case readOnly
+    /// Only the bits of the mask can be written.
+    case writeMasked(UInt32)
+    /// The value is a GM address that must lie in the vGPU's slices; other writes are refused and counted.
+    case gmAddress
+    /// Emulated, and LOAD_REGISTER_IMM in a command stream may write it.
+    case commandLoad
+    /// Writes are dropped and counted; reads return 0.
+    case privileged
+
+    /// The policy of every register the vGPU knows. Offsets missing here are privileged.
+    public static let table: [UInt32: RegisterPolicy] = {
+        var t: [UInt32: RegisterPolicy] = [Reg.gpuID: .readOnly, Reg.gmSizeMiB: .readOnly, Reg.apertureSizeMiB: .readOnly]
+        for e in EngineID.allCases {
+            t[Reg.ringTail(e)] = .emulated            // the (trapped) doorbell
+            t[Reg.ringHead(e)] = .emulated
+            t[Reg.ringStart(e)] = .gmAddress
+            t[Reg.ringCtl(e)] = .writeMasked(0x1ff001)
+            for r in [Reg.status(e), Reg.errorCode(e), Reg.faultAddressLo(e), Reg.faultAddressHi(e), Reg.errorIPLo(e),
+                      Reg.errorIPHi(e), Reg.commandCount(e), Reg.acthd(e)] { t[r] = .readOnly }
+            t[Reg.reset(e)] = .emulated
+            for i in 0..<Reg.gprDwords { t[Reg.gpr(e, dword: i)] = .commandLoad }
+        }
+        t[Reg.isr] = .readOnly
+        t[Reg.imr] = .emulated
+        t[Reg.iir] = .emulated   // write 1 to clear
+        t[Reg.ier] = .emulated
+        for i in 0..<Reg.scratchDwords { t[Reg.scratch(i)] = .emulated }
+        t[Reg.pipeConf] = .writeMasked(Reg.pipeConfEnable)
+        for r in [Reg.vblankCount, Reg.flipCount, Reg.cursorFlipCount, Reg.displayFaults] { t[r] = .readOnly }
+        t[Reg.curCtl] = .writeMasked(Reg.planeEnable)
+        t[Reg.curBase] = .gmAddress
+        t[Reg.curPos] = .emulated
+        t[Reg.priCtl] = .writeMasked(Reg.planeEnable | (0xf << 26))
+        t[Reg.priStride] = .emulated
+        t[Reg.priSize] = .emulated
+        t[Reg.priSurf] = .gmAddress
+        return t
+    }()
+
+    public static func of(_ offset: UInt32) -> RegisterPolicy { table[offset] ?? .privileged }
+
+    /// Whether LOAD_REGISTER_IMM may write `offset` (the scanner's whitelist).
+    public static func commandLoadAllowed(_ offset: UInt32) -> Bool { of(offset) == .commandLoad }
+}
+
+/// Offsets of the vGPU's own blocks in BAR0 (docs/vgpu.md).
+public enum VGPURegs {
+    public static let bar0Size: UInt64 = 16 << 20
+    public static let gttWindow: UInt64 = 8 << 20
+    public static let pvMagic: UInt32 = 0x78000
+    public static let pvVersion: UInt32 = 0x78004
+    public static let pvVGPUID: UInt32 = 0x78008
+    public static let pvApertureBase: UInt32 = 0x78010
+    public static let pvApertureSize: UInt32 = 0x78018
+    public static let pvHiddenBase: UInt32 = 0x78020
+    public static let pvHiddenSize: UInt32 = 0x78028
+    public static let pvGMSize: UInt32 = 0x78030
+    public static let pvSharedPage: UInt32 = 0x78040
+    public static let pvDoorbellRCS: UInt32 = 0x78100
+    public static let pvDoorbellBCS: UInt32 = 0x78104
+    public static func pvDoorbell(_ e: EngineID) -> UInt32 { e == .rcs ? pvDoorbellRCS : pvDoorbellBCS }
+    public static let pvMagicValue: UInt32 = 0x5550_474d   // "MGPU"
+    public static let pvVersionValue: UInt32 = 0x0001_0000
+
+    public static let errStatus: UInt32 = 0x79000
+    public static let errEngine: UInt32 = 0x79004
+    public static let errReason: UInt32 = 0x79008
+    public static let errOpcode: UInt32 = 0x7900c
+    public static let errCommandGM: UInt32 = 0x79010
+    public static let errLevel: UInt32 = 0x79018
+    public static let errOperand: UInt32 = 0x7901c
+    public static let errCount: UInt32 = 0x79024
+
+    /// Interrupt bits the vGPU adds to the SoftGPU set: a submission was rejected.
+    public static let rcsRejected: UInt32 = 1 << 3
+    public static let bcsRejected: UInt32 = 1 << 11
+    public static func rejected(_ e: EngineID) -> UInt32 { e == .rcs ? rcsRejected : bcsRejected }
+    /// ERROR_CODE of an engine whose submission was rejected: 0x100 + reason.
+    public static let rejectedErrorBase: UInt32 = 0x100
+}

@@ -1,0 +1,458 @@
+import Glibc
+import KVM
+import Logging
+import Machine
+import SoftGPU
+import Synchronization
+
+/// A mediated pass-through vGPU attached to one machine (docs/vgpu.md).
+///
+/// Threads and ownership:
+/// - vCPU threads call the BAR0 handlers (`read`/`write`) and `configWritten`; all virtual state is in
+///   `state` (a Mutex) and is never held across a call into the GPU, KVM or another lock;
+/// - the vGPU's mediator thread owns submission: it waits for doorbells (ioeventfds, or the control
+///   eventfd that a trapped TAIL write signals), scans and shadows, runs the shadow copy on the shared
+///   engine while holding that engine's lock in `GPUHost`, and ticks virtual vblanks;
+/// - interrupts are injected with KVM_SIGNAL_MSI from whichever thread raised them, after the state lock
+///   is dropped.
+public final class VGPU: PCIFunction, BusDevice, @unchecked Sendable {
+    public static let vendorID: UInt16 = 0x4d56
+    public static let deviceID: UInt16 = 0x0001
+    public static let defaultBAR0: UInt64 = 0xE000_0000
+    public static let defaultBAR2: UInt64 = 0xC000_0000
+
+    public let id: Int
+    public let slices: GMSlices
+    public let host: GPUHost
+    public let config: PCIConfigSpace
+    let machine: Machine
+    let gtt: GTTShadow
+    let logger: Logger
+    let apertureSize: UInt64
+    let arena: HostBuffer
+    let busBase: UInt64
+
+    // Aperture window: host memory behind the vGPU's slice of BAR2, registered as one KVM slot.
+    let apertureWindow: UnsafeMutableRawPointer
+    let apertureSlot: UInt32
+
+    struct EngineState {
+        var start: UInt32 = 0, ctl: UInt32 = 0, head: UInt32 = 0, tail: UInt32 = 0
+        var pendingTail: UInt32? = nil
+        var error: UInt32 = 0, faultAddress: UInt64 = 0, errorIP: UInt64 = 0
+        var commandCount: UInt32 = 0, acthd: UInt32 = 0
+        var gprs = [UInt32](repeating: 0, count: Int(Reg.gprDwords))
+        var busy = false
+    }
+
+    struct State {
+        var engines = [EngineState(), EngineState()]
+        var regs: [UInt32: UInt32] = [:]       // emulated registers without their own field
+        var isr: UInt32 = 0, imr: UInt32 = 0xffff_ffff, iir: UInt32 = 0, ier: UInt32 = 0
+        var sharedPage: UInt64 = 0
+        var errStatus: UInt32 = 0, errEngine: UInt32 = 0, errReason: UInt32 = 0, errOpcode: UInt32 = 0
+        var errCommandGM: UInt64 = 0, errLevel: UInt32 = 0, errOperand: UInt64 = 0, errCount: UInt32 = 0
+        var vblanks: UInt32 = 0, flips: UInt32 = 0, cursorFlips: UInt32 = 0
+        var pendingFlipDone: UInt32 = 0
+        var bar0: UInt64? = nil                // where BAR0 is registered on the MMIO bus
+        var bar2: UInt64? = nil                // where the aperture slot is mapped
+    }
+    let state = Mutex(State())
+    private let lifecycle = Mutex<Bool>(true)   // running
+
+    // Statistics.
+    let badAccesses = Atomic<UInt64>(0)
+    let privilegedWrites = Atomic<UInt64>(0)
+    let refusedAddressWrites = Atomic<UInt64>(0)
+    let submissions = Atomic<UInt64>(0)
+    let rejections = Atomic<UInt64>(0)
+    let unbackedApertureAccesses = Atomic<UInt64>(0)
+
+    // Doorbells and the mediator thread.
+    let control: EventFD
+    let doorbells: [EventFD]
+    private var thread: pthread_t?
+    let vblankInterval: Duration
+
+    /// Creates the vGPU, places it at 00:`slot`.0 on the machine's PCI bus with BAR0 at `bar0` and BAR2 at
+    /// `bar2`, and starts its mediator thread.
+    public init(machine: Machine, host: GPUHost, slot: Int? = nil, bar0: UInt64 = VGPU.defaultBAR0,
+                bar2: UInt64 = VGPU.defaultBAR2, refreshRate: Double = 60, logger: Logger = Logger(label: "minivisor.vgpu")) throws {
+        self.machine = machine
+        self.host = host
+        self.logger = logger
+        let (id, slices) = try host.allocate()
+        self.id = id
+        self.slices = slices
+        apertureSize = host.gpu.config.apertureSize
+        vblankInterval = .nanoseconds(Int64(1e9 / max(refreshRate, 1)))
+        do {
+            let (arenaGM, arenaBytes) = host.shadowArena(id: id)
+            arena = try host.gpu.mapHostMemory(gm: arenaGM, bytes: arenaBytes, name: "vgpu\(id)-shadow")
+            busBase = host.busWindow(bytes: machine.memory.size)
+            try host.gpu.systemMemory.register(base: busBase, length: machine.memory.size, pointer: machine.memory.hostBase,
+                                               name: "vm-ram-vgpu\(id)")
+        } catch {
+            host.release(id: id)
+            throw error
+        }
+        gtt = GTTShadow(slices: slices, gtt: host.gpu.gtt, memory: machine.memory, busBase: busBase,
+                        scratchBus: SystemMemory.scratchPageAddress)
+
+        let sliceBytes = Int(slices.aperture.count)
+        guard let w = mmap(nil, sliceBytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0),
+              w != MAP_FAILED else {
+            host.release(id: id)
+            throw KVMError("mmap(aperture window)")
+        }
+        apertureWindow = w
+        apertureSlot = machine.allocateMemorySlot()
+
+        control = try EventFD()
+        doorbells = [try EventFD(), try EventFD()]
+
+        config = PCIConfigSpace(vendorID: VGPU.vendorID, deviceID: VGPU.deviceID, classCode: 0x03, subclass: 0x80,
+                                subsystemVendorID: VGPU.vendorID, subsystemID: VGPU.deviceID, interruptPin: 1)
+        config.addBar(PCIBar(index: 0, size: VGPURegs.bar0Size, kind: .memory32))
+        config.addBar(PCIBar(index: 2, size: apertureSize, kind: .memory64, prefetchable: true))
+        config.addMSICapability()
+        config.setBarAddress(0, bar0)
+        config.setBarAddress(2, bar2)
+
+        let window = UInt(bitPattern: apertureWindow)
+        let sliceBase = slices.aperture.lowerBound
+        let memfd = machine.memory.memfd
+        gtt.onAperturePageChange = { page, fileOffset in
+            let addr = UnsafeMutableRawPointer(bitPattern: window)! + Int(UInt64(page) << 12 - sliceBase)
+            if let off = fileOffset {
+                _ = mmap(addr, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, memfd, off_t(off))
+            } else {
+                _ = mmap(addr, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0)
+            }
+        }
+
+        try machine.pciBus.add(self, device: slot ?? machine.pciBus.freeDeviceNumber() ?? 31)
+        startMediator()
+    }
+
+    deinit {
+        munmap(apertureWindow, Int(slices.aperture.count))
+    }
+
+    /// Stops the mediator thread, detaches the vGPU's memory from the GPU and frees its slices.
+    /// Call after the VM has stopped.
+    public func shutdown() {
+        let wasRunning = lifecycle.withLock { r -> Bool in defer { r = false }; return r }
+        guard wasRunning else { return }
+        control.signal()
+        if let t = thread { pthread_join(t, nil) }
+        for e in EngineID.allCases {
+            host.engineLocks[e.rawValue].withLock { _ = host.gpu.waitIdle(e, timeout: 5) }
+        }
+        gtt.clearAll()
+        _ = host.gpu.systemMemory.unregister(base: busBase)
+        arena.release()
+        host.release(id: id)
+    }
+
+    // MARK: PCI
+
+    public func configWritten(offset: Int, size: Int) {
+        // Command register or a BAR changed: re-place BAR0 and the aperture where the guest put them.
+        if offset < 0x28 && offset + size > 0x04 { applyBARs() }
+    }
+
+    /// Registers BAR0 on the MMIO bus and the aperture slot at the addresses the config space holds, when
+    /// memory decoding is on; removes them when it is off.
+    func applyBARs() {
+        let decode = config.command & PCIConfigSpace.commandMemory != 0
+        let want0 = decode ? config.barAddress(0) : nil
+        let want2 = decode ? config.barAddress(2) : nil
+        let (old0, old2) = state.withLock { s -> (UInt64?, UInt64?) in
+            let o = (s.bar0, s.bar2)
+            s.bar0 = want0
+            s.bar2 = want2
+            return o
+        }
+        if old0 != want0 {
+            if let o = old0 {
+                machine.mmioBus.unregister(base: o)
+                for e in EngineID.allCases {
+                    try? machine.vm.registerIOEventFD(doorbells[e.rawValue].fd, address: o + UInt64(VGPURegs.pvDoorbell(e)),
+                                                      length: 4, deassign: true)
+                }
+            }
+            if let n = want0 {
+                do {
+                    try machine.mmioBus.register(self, base: n, size: VGPURegs.bar0Size, name: "vgpu\(id)-bar0")
+                    for e in EngineID.allCases {
+                        try machine.vm.registerIOEventFD(doorbells[e.rawValue].fd, address: n + UInt64(VGPURegs.pvDoorbell(e)), length: 4)
+                    }
+                } catch {
+                    logger.warning("vgpu\(id): cannot place BAR0 at 0x\(String(n, radix: 16)): \(error)")
+                    state.withLock { $0.bar0 = nil }
+                }
+            }
+        }
+        if old2 != want2 {
+            let sliceOffset = slices.aperture.lowerBound
+            if old2 != nil {
+                try? machine.vm.setUserMemoryRegion(slot: apertureSlot, guestPhysicalAddress: 0, size: 0, userAddress: nil)
+            }
+            if let n = want2 {
+                do {
+                    try machine.vm.setUserMemoryRegion(slot: apertureSlot, guestPhysicalAddress: n + sliceOffset,
+                                                       size: UInt64(slices.aperture.count), userAddress: apertureWindow)
+                } catch {
+                    logger.warning("vgpu\(id): cannot map the aperture at 0x\(String(n, radix: 16)): \(error)")
+                    state.withLock { $0.bar2 = nil }
+                }
+            }
+        }
+    }
+
+    // MARK: BAR0
+
+    public func read(offset: UInt64, data: UnsafeMutableRawBufferPointer) {
+        let size = data.count
+        if offset >= VGPURegs.gttWindow {
+            guard (size == 4 || size == 8), offset % UInt64(size) == 0, offset + UInt64(size) <= VGPURegs.bar0Size else {
+                return badAccess(data)
+            }
+            let rel = offset - VGPURegs.gttWindow
+            let entry = gtt.read(page: Int(rel / 8))
+            data.storeLittleEndian(size == 8 ? entry : (rel % 8 == 0 ? entry & 0xffff_ffff : entry >> 32))
+            return
+        }
+        guard size == 4, offset % 4 == 0 else { return badAccess(data) }
+        data.storeLittleEndian(UInt64(readRegister(UInt32(offset))))
+    }
+
+    public func write(offset: UInt64, data: UnsafeRawBufferPointer) {
+        let size = data.count
+        if offset >= VGPURegs.gttWindow {
+            guard (size == 4 || size == 8), offset % UInt64(size) == 0, offset + UInt64(size) <= VGPURegs.bar0Size else {
+                badAccesses.add(1, ordering: .relaxed)
+                return
+            }
+            let rel = offset - VGPURegs.gttWindow
+            gtt.write(page: Int(rel / 8), offset: Int(rel % 8), size: size, value: data.littleEndianValue)
+            return
+        }
+        guard size == 4, offset % 4 == 0 else {
+            badAccesses.add(1, ordering: .relaxed)
+            return
+        }
+        writeRegister(UInt32(offset), UInt32(truncatingIfNeeded: data.littleEndianValue))
+    }
+
+    private func badAccess(_ data: UnsafeMutableRawBufferPointer) {
+        badAccesses.add(1, ordering: .relaxed)
+        data.storeLittleEndian(UInt64.max)
+    }
+
+    func readRegister(_ r: UInt32) -> UInt32 {
+        switch r {
+        case VGPURegs.pvMagic: return VGPURegs.pvMagicValue
+        case VGPURegs.pvVersion: return VGPURegs.pvVersionValue
+        case VGPURegs.pvVGPUID: return UInt32(id)
+        case VGPURegs.pvApertureBase: return lo(slices.aperture.lowerBound)
+        case VGPURegs.pvApertureBase + 4: return hi(slices.aperture.lowerBound)
+        case VGPURegs.pvApertureSize: return lo(UInt64(slices.aperture.count))
+        case VGPURegs.pvApertureSize + 4: return hi(UInt64(slices.aperture.count))
+        case VGPURegs.pvHiddenBase: return lo(slices.hidden.lowerBound)
+        case VGPURegs.pvHiddenBase + 4: return hi(slices.hidden.lowerBound)
+        case VGPURegs.pvHiddenSize: return lo(UInt64(slices.hidden.count))
+        case VGPURegs.pvHiddenSize + 4: return hi(UInt64(slices.hidden.count))
+        case VGPURegs.pvGMSize: return lo(host.gpu.config.gmSize)
+        case VGPURegs.pvGMSize + 4: return hi(host.gpu.config.gmSize)
+        case VGPURegs.pvSharedPage: return state.withLock { lo($0.sharedPage) }
+        case VGPURegs.pvSharedPage + 4: return state.withLock { hi($0.sharedPage) }
+        case VGPURegs.errStatus...VGPURegs.errCount: return readErrorBlock(r)
+        default: break
+        }
+        let policy = RegisterPolicy.of(r)
+        if policy == .privileged { return 0 }
+        switch r {
+        case Reg.gpuID, Reg.gmSizeMiB, Reg.apertureSizeMiB: return host.gpu.readRegister(r)
+        default: break
+        }
+        return state.withLock { s -> UInt32 in
+            for e in EngineID.allCases {
+                let base = Reg.engineBase(e)
+                guard r >= base && r < base + 0x1000 else { continue }
+                let es = s.engines[e.rawValue]
+                switch r - base {
+                case Reg.ringTailOffset: return es.tail
+                case Reg.ringHeadOffset: return es.head
+                case Reg.ringStartOffset: return es.start
+                case Reg.ringCtlOffset: return es.ctl
+                case Reg.statusOffset:
+                    var v: UInt32 = es.ctl & 1 != 0 ? Reg.statusRingEnabled : 0
+                    if es.busy { v |= Reg.statusBusy }
+                    if es.error != 0 { v |= Reg.statusError }
+                    if !es.busy && es.pendingTail == nil { v |= Reg.statusIdle }
+                    return v
+                case Reg.errorCodeOffset: return es.error
+                case Reg.faultAddressLoOffset: return lo(es.faultAddress)
+                case Reg.faultAddressHiOffset: return hi(es.faultAddress)
+                case Reg.errorIPLoOffset: return lo(es.errorIP)
+                case Reg.errorIPHiOffset: return hi(es.errorIP)
+                case Reg.commandCountOffset: return es.commandCount
+                case Reg.acthdOffset: return es.acthd
+                case Reg.gprOffset..<(Reg.gprOffset + 4 * Reg.gprDwords): return es.gprs[Int((r - base - Reg.gprOffset) / 4)]
+                default: return 0
+                }
+            }
+            switch r {
+            case Reg.isr: return s.isr | (s.engines[0].error != 0 ? Interrupt.rcsError : 0) | (s.engines[1].error != 0 ? Interrupt.bcsError : 0)
+            case Reg.imr: return s.imr
+            case Reg.iir: return s.iir
+            case Reg.ier: return s.ier
+            case Reg.vblankCount: return s.vblanks
+            case Reg.flipCount: return s.flips
+            case Reg.cursorFlipCount: return s.cursorFlips
+            case Reg.displayFaults: return 0
+            default: return s.regs[r] ?? 0
+            }
+        }
+    }
+
+    func writeRegister(_ r: UInt32, _ value: UInt32) {
+        switch r {
+        case VGPURegs.pvSharedPage: state.withLock { $0.sharedPage = ($0.sharedPage & ~0xffff_ffff) | UInt64(value & ~0xfff) }; return
+        case VGPURegs.pvSharedPage + 4: state.withLock { $0.sharedPage = ($0.sharedPage & 0xffff_ffff) | UInt64(value) << 32 }; return
+        case VGPURegs.pvDoorbellRCS, VGPURegs.pvDoorbellBCS:
+            // Normally an ioeventfd catches these in the kernel; a write that reaches us rings the same bell.
+            doorbells[r == VGPURegs.pvDoorbellRCS ? 0 : 1].signal()
+            return
+        case VGPURegs.errStatus:
+            if value & 1 != 0 { state.withLock { $0.errStatus = 0 } }
+            return
+        default: break
+        }
+        let policy = RegisterPolicy.of(r)
+        switch policy {
+        case .privileged:
+            privilegedWrites.add(1, ordering: .relaxed)
+            logger.debug("vgpu\(id): dropped write 0x\(String(value, radix: 16)) to privileged register 0x\(String(r, radix: 16))")
+            return
+        case .readOnly:
+            return
+        case .gmAddress:
+            guard value & 0xfff == 0, slices.contains(UInt64(value), length: 4096) else {
+                refusedAddressWrites.add(1, ordering: .relaxed)
+                logger.debug("vgpu\(id): refused GM address 0x\(String(value, radix: 16)) for register 0x\(String(r, radix: 16))")
+                return
+            }
+        default: break
+        }
+        let masked: UInt32
+        if case .writeMasked(let m) = policy { masked = value & m } else { masked = value }
+
+        var deliver: UInt32 = 0
+        var kick = false
+        state.withLock { s in
+            for e in EngineID.allCases {
+                let base = Reg.engineBase(e)
+                guard r >= base && r < base + 0x1000 else { continue }
+                let i = e.rawValue
+                switch r - base {
+                case Reg.ringTailOffset:
+                    s.engines[i].tail = masked
+                    if s.engines[i].error == 0 { s.engines[i].pendingTail = masked; kick = true }
+                case Reg.ringHeadOffset:
+                    if !s.engines[i].busy { s.engines[i].head = masked & ~3 }
+                case Reg.ringStartOffset: s.engines[i].start = masked
+                case Reg.ringCtlOffset: s.engines[i].ctl = masked
+                case Reg.resetOffset:
+                    if masked & 1 != 0 && !s.engines[i].busy {
+                        let gprs = s.engines[i].gprs.map { _ in UInt32(0) }
+                        s.engines[i] = EngineState()
+                        s.engines[i].gprs = gprs
+                    }
+                case Reg.gprOffset..<(Reg.gprOffset + 4 * Reg.gprDwords):
+                    s.engines[i].gprs[Int((r - base - Reg.gprOffset) / 4)] = masked
+                default: break
+                }
+                return
+            }
+            switch r {
+            case Reg.imr: s.imr = masked
+            case Reg.iir: s.iir &= ~masked
+            case Reg.ier:
+                let before = s.iir & s.ier
+                s.ier = masked
+                deliver = (s.iir & s.ier) & ~before
+            default: s.regs[r] = masked
+            }
+        }
+        if kick { control.signal() }
+        if deliver != 0 { signalInterrupt() }
+    }
+
+    func readErrorBlock(_ r: UInt32) -> UInt32 {
+        state.withLock { s in
+            switch r {
+            case VGPURegs.errStatus: return s.errStatus
+            case VGPURegs.errEngine: return s.errEngine
+            case VGPURegs.errReason: return s.errReason
+            case VGPURegs.errOpcode: return s.errOpcode
+            case VGPURegs.errCommandGM: return lo(s.errCommandGM)
+            case VGPURegs.errCommandGM + 4: return hi(s.errCommandGM)
+            case VGPURegs.errLevel: return s.errLevel
+            case VGPURegs.errOperand: return lo(s.errOperand)
+            case VGPURegs.errOperand + 4: return hi(s.errOperand)
+            case VGPURegs.errCount: return s.errCount
+            default: return 0
+            }
+        }
+    }
+
+    // MARK: interrupts
+
+    /// Latches `bits` into the virtual ISR/IIR (honouring IMR) and injects an MSI for newly pending ones.
+    func raise(_ bits: UInt32) {
+        let newly = state.withLock { s -> UInt32 in
+            let before = s.iir & s.ier
+            s.isr |= bits
+            s.iir |= bits & ~s.imr
+            return (s.iir & s.ier) & ~before
+        }
+        if newly != 0 { signalInterrupt() }
+    }
+
+    /// Injects the vGPU's MSI (INTx is not wired: a driver must enable MSI to get interrupts).
+    func signalInterrupt() {
+        guard let msi = config.msiMessage else { return }
+        _ = try? machine.vm.signalMSI(address: msi.address, data: msi.data)
+    }
+
+    // MARK: statistics
+
+    public struct Statistics: Sendable, Equatable {
+        public var badAccesses: UInt64, privilegedWrites: UInt64, refusedAddressWrites: UInt64
+        public var gttRejected: UInt64, gttDroppedOutside: UInt64
+        public var submissions: UInt64, rejections: UInt64
+    }
+
+    public var statistics: Statistics {
+        Statistics(badAccesses: badAccesses.load(ordering: .relaxed), privilegedWrites: privilegedWrites.load(ordering: .relaxed),
+                   refusedAddressWrites: refusedAddressWrites.load(ordering: .relaxed), gttRejected: gtt.rejected.load(ordering: .relaxed),
+                   gttDroppedOutside: gtt.droppedOutside.load(ordering: .relaxed), submissions: submissions.load(ordering: .relaxed),
+                   rejections: rejections.load(ordering: .relaxed))
+    }
+
+    // MARK: mediator thread
+
+    private func startMediator() {
+        let ok = OSThread.spawn(name: "vgpu\(id)-mediator") { [unowned self] in self.mediatorLoop() }
+        thread = ok
+    }
+
+    var isRunning: Bool { lifecycle.withLock { $0 } }
+}
+
+@inline(__always) func lo(_ v: UInt64) -> UInt32 { UInt32(truncatingIfNeeded: v) }
+@inline(__always) func hi(_ v: UInt64) -> UInt32 { UInt32(truncatingIfNeeded: v >> 32) }
+
