@@ -69,6 +69,9 @@ public final class VGPU: PCIFunction, BusDevice, @unchecked Sendable {
     let unbackedApertureAccesses = Atomic<UInt64>(0)
 
     // Doorbells and the mediator thread.
+    /// The IOAPIC input INTA# is routed to (nil: no route left), and whether it is currently asserted.
+    var intxGSI: UInt32? = nil
+    let intxLevel = Mutex<Bool>(false)
     let control: EventFD
     let doorbells: [EventFD]
     private var thread: pthread_t?
@@ -131,7 +134,10 @@ public final class VGPU: PCIFunction, BusDevice, @unchecked Sendable {
             }
         }
 
-        try machine.pciBus.add(self, device: slot ?? machine.pciBus.freeDeviceNumber() ?? 31)
+        let device = slot ?? machine.pciBus.freeDeviceNumber() ?? 31
+        try machine.pciBus.add(self, device: device)
+        intxGSI = machine.routePCIInterrupt(device: device, pin: 1)
+        if let g = intxGSI { config.write(offset: 0x3c, size: 1, value: g) }
         startMediator()
     }
 
@@ -160,6 +166,8 @@ public final class VGPU: PCIFunction, BusDevice, @unchecked Sendable {
     public func configWritten(offset: Int, size: Int) {
         // Command register or a BAR changed: re-place BAR0 and the aperture where the guest put them.
         if offset < 0x28 && offset + size > 0x04 { applyBARs() }
+        // INTx disable or MSI enable may have changed which line is live.
+        updateINTx()
     }
 
     /// Registers BAR0 on the MMIO bus and the aperture slot at the addresses the config space holds, when
@@ -389,6 +397,7 @@ public final class VGPU: PCIFunction, BusDevice, @unchecked Sendable {
         }
         if kick { control.signal() }
         if deliver != 0 { signalInterrupt() }
+        if r == Reg.iir || r == Reg.ier { updateINTx() }
     }
 
     func readErrorBlock(_ r: UInt32) -> UInt32 {
@@ -422,10 +431,23 @@ public final class VGPU: PCIFunction, BusDevice, @unchecked Sendable {
         if newly != 0 { signalInterrupt() }
     }
 
-    /// Injects the vGPU's MSI (INTx is not wired: a driver must enable MSI to get interrupts).
+    /// Tells the guest: an MSI when MSI is enabled, else INTA# (level: asserted while IIR & IER != 0,
+    /// unless the command register's INTx-disable bit is set).
     func signalInterrupt() {
-        guard let msi = config.msiMessage else { return }
-        _ = try? machine.vm.signalMSI(address: msi.address, data: msi.data)
+        if let msi = config.msiMessage {
+            _ = try? machine.vm.signalMSI(address: msi.address, data: msi.data)
+        } else {
+            updateINTx()
+        }
+    }
+
+    /// Drives INTA# to its current level (only while MSI is off).
+    func updateINTx() {
+        guard let gsi = intxGSI else { return }
+        let pending = state.withLock { $0.iir & $0.ier != 0 }
+        let level = pending && config.msiMessage == nil && config.command & PCIConfigSpace.commandINTxDisable == 0
+        let changed = intxLevel.withLock { l -> Bool in defer { l = level }; return l != level }
+        if changed { try? machine.vm.setIRQLine(gsi, level: level) }
     }
 
     // MARK: statistics

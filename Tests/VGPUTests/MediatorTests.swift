@@ -259,6 +259,35 @@ struct MediatorTests {
         #expect(try a.machine.memory.read(UInt32.self, at: aGPA) == 7)
     }
 
+    @Test func intxFallbackIsRoutedAndLevelTriggered() throws {
+        let rig = try Rig()
+        let gsi = rig.vgpu.config.read(offset: 0x3c, size: 1)
+        #expect(gsi >= 16 && gsi < 24)
+        // The MP table names the route: an I/O interrupt entry from PCI bus 0, device/INTA#, to that pin.
+        let table = try rig.machine.memory.readBytes(at: BootLayout.mpTable + 16, count: 512)
+        var device = -1
+        for d in 0..<32 where rig.machine.pciBus.function(device: d) === rig.vgpu { device = d }
+        var found = false
+        var o = 44
+        while o + 8 <= table.count, table[o] <= 4 {
+            if table[o] == 3 && table[o + 4] == 0 && Int(table[o + 5]) == device << 2 && UInt32(table[o + 7]) == gsi { found = true }
+            o += table[o] == 0 ? 20 : 8
+        }
+        #expect(found)
+        // With MSI off, INTA# follows IIR & IER.
+        rig.w32(Reg.imr, 0)
+        rig.w32(Reg.ier, Interrupt.vblank)
+        rig.vgpu.vblank()
+        #expect(rig.vgpu.intxLevel.withLock { $0 })
+        rig.w32(Reg.iir, Interrupt.vblank)
+        #expect(!rig.vgpu.intxLevel.withLock { $0 })
+        // INTx disable in the command register keeps the line low.
+        rig.vgpu.config.write(offset: 4, size: 2, value: 0x406)
+        rig.vgpu.configWritten(offset: 4, size: 2)
+        rig.vgpu.vblank()
+        #expect(!rig.vgpu.intxLevel.withLock { $0 })
+    }
+
     @Test func scanoutAndPNG() throws {
         let rig = try Rig()
         let s = rig.vgpu.slices

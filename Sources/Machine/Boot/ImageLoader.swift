@@ -69,11 +69,11 @@ public enum ImageLoader {
 
     /// Loads `image`, writes its boot structures for `cpuCount` CPUs, and returns how to enter it.
     public static func load(_ image: BootImage, into memory: GuestMemory, cpuCount: Int, cmdline: String,
-                            modules: [BootModule] = [], pciInterrupts: [(device: Int, pin: Int, ioapicPin: Int)] = []) throws(ImageError) -> BootPlan {
+                            modules: [BootModule] = []) throws(ImageError) -> BootPlan {
         guard cmdline.utf8.count <= BootLayout.cmdlineMaxBytes else { throw .commandLineTooLong(cmdline.utf8.count) }
         do {
             try BootStructures.writeGDT(memory)
-            try memory.write(bytes: BootStructures.mpTable(cpuCount: cpuCount, pciInterrupts: pciInterrupts), at: BootLayout.mpTable)
+            try memory.write(bytes: BootStructures.mpTable(cpuCount: cpuCount), at: BootLayout.mpTable)
         } catch { throw .segmentOutsideRAM("boot structures", start: 0, end: BootLayout.ebdaEnd, ramDescription: describe(memory)) }
 
         switch image {

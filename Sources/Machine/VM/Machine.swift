@@ -86,6 +86,25 @@ public final class Machine: MachineControl, @unchecked Sendable {
         try pioBus.register(pciBus, base: PCIBus.configAddressPort, size: PCIBus.portRangeSize, name: "pci-conf1")
     }
 
+    /// PCI INTx routes described to the guest in the MP table: (device, pin 1-4, IOAPIC pin).
+    private let pciRoutes = Mutex<[(device: Int, pin: Int, ioapicPin: Int)]>([])
+
+    /// Routes INTx pin `pin` (1 = INTA#) of PCI device `device` to an IOAPIC input (GSI 16-23, level,
+    /// active low) and rewrites the MP table so the guest finds the route. Call before `run()`.
+    /// Returns the GSI, or nil when all eight PCI GSIs are taken.
+    public func routePCIInterrupt(device: Int, pin: Int) -> UInt32? {
+        let routes = pciRoutes.withLock { r -> [(device: Int, pin: Int, ioapicPin: Int)]? in
+            let used = Set(r.map(\.ioapicPin))
+            guard let gsi = (16..<24).first(where: { !used.contains($0) }) else { return nil }
+            r.append((device, pin, gsi))
+            return r
+        }
+        guard let routes else { return nil }
+        try? memory.write(bytes: BootStructures.mpTable(cpuCount: configuration.cpuCount, pciInterrupts: routes),
+                          at: BootLayout.mpTable)
+        return UInt32(routes.last!.ioapicPin)
+    }
+
     /// A fresh KVM memory slot number for devices that map memory into the guest.
     public func allocateMemorySlot() -> UInt32 {
         nextSlot.withLock { s in defer { s += 1 }; return s }
