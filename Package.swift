@@ -51,7 +51,7 @@ let package = Package(
         ]),
         // Benchmarks: minivisor next to a minimal C KVM loop, in one run.
         .target(name: "CKVMBaseline"),
-        .target(name: "MinivisorBench", dependencies: ["Minivisor", "Machine", "KVM", "CKVMBaseline"]),
+        .target(name: "MinivisorBench", dependencies: ["Minivisor", "Machine", "KVM", "CKVMBaseline", "SoftGPU", "VGPU"]),
         // The command-line tool.
         .executableTarget(name: "MinivisorCLI", dependencies: [
             "Minivisor", "MinivisorBench",

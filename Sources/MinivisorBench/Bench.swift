@@ -111,7 +111,7 @@ public enum ExitBenchmark {
         mv_baseline_vm_lifecycle_ms(memoryBytes)
     }
 
-    static func median(_ xs: [Double]) -> Double {
+    public static func median(_ xs: [Double]) -> Double {
         let s = xs.sorted()
         return s.count % 2 == 1 ? s[s.count / 2] : (s[s.count / 2 - 1] + s[s.count / 2]) / 2
     }

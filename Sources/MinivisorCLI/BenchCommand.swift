@@ -26,6 +26,10 @@ struct Bench: ParsableCommand {
     var startupRuns: Int = 11
 
     func run() throws {
+        do { try measure() } catch { fail("benchmark failed: \(error)", status: CLIStatus.hostError) }
+    }
+
+    func measure() throws {
         print("minivisor bench: exit costs vs a minimal C KVM loop (same guest bytes, same run)")
         print("host KVM: \(HostProfile.detect().softwareKVM ? "kvm-pvm (software, nested)" : "hardware-assisted")")
         var worst = 0.0
@@ -35,6 +39,10 @@ struct Bench: ParsableCommand {
             print("  \(pad(w.rawValue, 52)) minivisor \(pad(fixed(r.minivisorMicroseconds, 2), 8, left: false)) us   C loop \(pad(fixed(r.baselineMicroseconds, 2), 8, left: false)) us   ratio \(fixed(r.ratio, 3))")
         }
         print("  worst ratio \(fixed(worst, 3)) (target <= 1.15)")
+
+        print("vGPU command scanner (host, same run):")
+        let sc = try ScannerBenchmark.run()
+        print("  scanned \(fixed(sc.megabytes, 1)) MB (\(sc.commands) commands): \(fixed(sc.scanMBps, 0)) MB/s; plain copy of the same bytes \(fixed(sc.copyMBps, 0)) MB/s; scan/copy \(fixed(sc.scanMBps / sc.copyMBps, 3))")
 
         let exe = selfExecutable()
         var args = ["run", "--serial", "none"]
