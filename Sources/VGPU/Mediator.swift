@@ -64,6 +64,8 @@ extension VGPU {
             return (s.engines[i].start, s.engines[i].ctl, s.engines[i].head, tail, s.regs)
         }
         guard let job else { return }
+        activity.withLock { if $0.first == nil { $0.first = ContinuousClock.now } }
+        defer { activity.withLock { $0.last = ContinuousClock.now } }
         let ringBytes = UInt32(Reg.ringPages(ctl: job.ctl)) * 4096
         let regs = job.regs
         let scanner = CommandScanner(slices: slices, commandLoadAllowed: RegisterPolicy.commandLoadAllowed,

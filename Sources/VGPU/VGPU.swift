@@ -68,6 +68,14 @@ public final class VGPU: PCIFunction, BusDevice, @unchecked Sendable {
     let rejections = Atomic<UInt64>(0)
     let unbackedApertureAccesses = Atomic<UInt64>(0)
 
+    /// When the first submission started being handled and the last one completed (for benchmarks).
+    let activity = Mutex<(first: ContinuousClock.Instant?, last: ContinuousClock.Instant?)>((nil, nil))
+
+    /// Wall time from the first doorbell the mediator handled to the last completed submission.
+    public var activeWindow: Duration? {
+        activity.withLock { a in a.first.flatMap { f in a.last.map { $0 - f } } }
+    }
+
     // Doorbells and the mediator thread.
     /// The IOAPIC input INTA# is routed to (nil: no route left), and whether it is currently asserted.
     var intxGSI: UInt32? = nil
