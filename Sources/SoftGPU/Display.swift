@@ -169,6 +169,32 @@ public final class DisplayEngine: @unchecked Sendable {
     /// `maxDimension`); a disabled primary plane or unsupported format scans out black.
     public func scanout() -> Image {
         let s = state.withLock { $0 }
+        let planes = Planes(priCtl: s.priCtl, priStride: s.priStride, priSize: s.priSize, priSurf: s.priSurf,
+                            curCtl: s.curCtl, curBase: s.curBase, curPos: s.curPos)
+        let image = Self.compose(planes, gtt: gtt, maxDimension: maxDimension)
+        if image.invalidPages > 0 {
+            let n = UInt32(truncatingIfNeeded: image.invalidPages)
+            state.withLock { $0.faults &+= n }
+        }
+        return image
+    }
+
+    /// The plane registers scanout composes from (softgpu.md section 4.4).
+    public struct Planes: Sendable, Equatable {
+        public var priCtl: UInt32, priStride: UInt32, priSize: UInt32, priSurf: UInt32
+        public var curCtl: UInt32, curBase: UInt32, curPos: UInt32
+        public init(priCtl: UInt32, priStride: UInt32, priSize: UInt32, priSurf: UInt32,
+                    curCtl: UInt32, curBase: UInt32, curPos: UInt32) {
+            self.priCtl = priCtl; self.priStride = priStride; self.priSize = priSize; self.priSurf = priSurf
+            self.curCtl = curCtl; self.curBase = curBase; self.curPos = curPos
+        }
+    }
+
+    /// Composes `planes` from GM through `gtt`, as the display engine does. `readable`, when given, is asked
+    /// for every GM range before it is read (a mediator passes its vGPU's slices): refused ranges count as
+    /// invalid pages and show black (primary) or nothing (cursor).
+    public static func compose(_ s: Planes, gtt: GTT, maxDimension: Int = 8192,
+                               readable: ((UInt64, UInt64) -> Bool)? = nil) -> Image {
         let width = min(Int(s.priSize & 0xFFFF), maxDimension)
         let height = min(Int(s.priSize >> 16), maxDimension)
         var pixels = [UInt32](repeating: 0, count: width * height)
@@ -181,14 +207,16 @@ public final class DisplayEngine: @unchecked Sendable {
             let rowBytes = width * 4
             pixels.withUnsafeMutableBytes { out in
                 for y in 0..<height {
-                    readRow(&acc, gm: base + UInt64(y) * UInt64(s.priStride), bytes: rowBytes,
-                            into: out.baseAddress! + y * rowBytes, invalid: &invalid)
+                    let gm = base + UInt64(y) * UInt64(s.priStride)
+                    if let ok = readable, !ok(gm, UInt64(rowBytes)) { invalid.insert(gm >> 12); continue }
+                    readRow(&acc, gm: gm, bytes: rowBytes, into: out.baseAddress! + y * rowBytes, invalid: &invalid)
                 }
             }
             for i in pixels.indices { pixels[i] &= 0x00FF_FFFF }
         }
 
-        if s.curCtl & Reg.planeEnable != 0 && width > 0 && height > 0 {
+        if s.curCtl & Reg.planeEnable != 0 && width > 0 && height > 0
+            && (readable?(UInt64(s.curBase), 64 * 64 * 4) ?? true) {
             var cursor = [UInt32](repeating: 0, count: 64 * 64)
             cursor.withUnsafeMutableBytes { out in
                 readRow(&acc, gm: UInt64(s.curBase), bytes: 64 * 64 * 4, into: out.baseAddress!, invalid: &invalid)
@@ -206,11 +234,6 @@ public final class DisplayEngine: @unchecked Sendable {
                 }
             }
         }
-
-        if !invalid.isEmpty {
-            let n = UInt32(truncatingIfNeeded: invalid.count)
-            state.withLock { $0.faults &+= n }
-        }
         return Image(width: width, height: height, pixels: pixels, invalidPages: invalid.count)
     }
 
@@ -225,7 +248,7 @@ public final class DisplayEngine: @unchecked Sendable {
     }
 
     /// Copies `bytes` from GM into `dst`; unreadable pages leave zeros and are recorded.
-    private func readRow(_ acc: inout GMAccessor, gm: UInt64, bytes: Int, into dst: UnsafeMutableRawPointer, invalid: inout Set<UInt64>) {
+    private static func readRow(_ acc: inout GMAccessor, gm: UInt64, bytes: Int, into dst: UnsafeMutableRawPointer, invalid: inout Set<UInt64>) {
         var done = 0
         while done < bytes {
             let addr = gm &+ UInt64(done)
