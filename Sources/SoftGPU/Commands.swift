@@ -152,11 +152,13 @@ public struct CommandInfo: Sendable {
     /// Header with client and opcode set, flags and length clear.
     public var header: UInt32 { CommandHeader.make(client, opcode) }
 
-    /// Header for a command of `dwords` dwords (sets the length field for variable-length commands).
+    /// Header for a command of `dwords` dwords (sets the length field for variable-length commands; a
+    /// count the field cannot express is truncated to its 8 bits, and below 2 encodes as 2).
     public func header(dwords: Int) -> UInt32 {
         switch length {
         case .fixed: return header
-        case .field: return header | (UInt32(dwords - CommandHeader.lengthBias) & CommandHeader.lengthMask)
+        case .field:
+            return header | (UInt32(truncatingIfNeeded: max(dwords - CommandHeader.lengthBias, 0)) & CommandHeader.lengthMask)
         }
     }
 }

@@ -10,6 +10,29 @@ import SoftGPU
 // `maxBatches` batch copies of at most `maxBatchBytes` each and `maxTotalBatchBytes` together, at most
 // `maxCommands` commands scanned, and a ring fragment of at most 2 MiB. Guest values never reach trapping
 // arithmetic. Nothing the guest writes can crash the scanner.
+//
+// Per command, in this order (the executor's order, docs/softgpu.md 6.3): step budget, decode
+// (`unknownCommand`), engine (`notAllowedOnEngine`), length field (`invalidLength`), room before the tail
+// or batch end (`pastEnd`), the table's `validate` and the `maxBatchBytes` limit (`invalidOperand`), then
+// per address operand with a non-zero extent its alignment (`invalidOperand`) and its whole extent in one
+// slice (`addressOutsideSlices`), then register operands (`registerNotAllowed`), then control flow.
+//
+// Decisions where docs/vgpu.md leaves room:
+// - A second-level BATCH_BUFFER_START from the ring and a BATCH_BUFFER_END in the ring are
+//   `invalidOperand` (SoftGPU has distinct codes for them, invalidBatchStart and batchEndOutsideBatch;
+//   neither is nesting deeper than two levels). `nestingTooDeep` is any start inside a second-level
+//   batch (chain or call), or a start that would exceed `maxBatchLevel`.
+// - A LOAD_REGISTER_IMM register must pass both the vGPU's command-load policy and SoftGPU's hardware
+//   whitelist (`RegisterMap.isCommandWritable`), so an accepted LRI never fails on the engine.
+// - `ScanLimits.maxTotalBatchBytes` (default 64 MiB) caps the bytes of all batch copies of one submission
+//   (`tooManyBatches`); 64 batches of 16 MiB would otherwise be 1 GiB of shadows per doorbell.
+// - The ring must be 1 to 512 whole pages (RING_CTL's range), else `badRing`.
+// - A batch is copied and scanned once per BATCH_BUFFER_START that reaches it (a batch started twice is
+//   two shadow buffers), so every shadow's relocations are its own.
+// - DISPLAY_FLIP is validated with the virtual registers (`registerRead`), overlaid with display
+//   registers loaded earlier in the same submission; `Flip.stride` is dword 1 as written (cursor too).
+// - USER_INTERRUPT and FLUSH notify stay in the shadows: the mediator forwards the real engine's user
+//   interrupts of its shadow ring to the vGPU.
 
 // MARK: - Graphics memory slices
 
@@ -225,8 +248,9 @@ public struct CommandScanner: Sendable {
     ///   - commandLoadAllowed: the vGPU's command-load policy (docs/vgpu.md section 5). A register must
     ///     also be in SoftGPU's hardware whitelist (`RegisterMap.isCommandWritable`), or the executor
     ///     would fail on it; the scanner requires both.
-    ///   - registerRead: virtual register values (PRI_SIZE for flip extents). Values loaded by an
-    ///     earlier LOAD_REGISTER_IMM of the same submission take precedence (scan order is execution order).
+    ///   - registerRead: virtual register values (PRI_SIZE for flip extents). Display registers loaded by
+    ///     an earlier LOAD_REGISTER_IMM of the same submission (when the policy allows that) take
+    ///     precedence, because scan order is execution order.
     public init(slices: GMSlices, limits: ScanLimits = ScanLimits(),
                 commandLoadAllowed: @escaping @Sendable (UInt32) -> Bool,
                 registerRead: @escaping @Sendable (UInt32) -> UInt32) {
@@ -284,8 +308,11 @@ private struct ScanRun {
     var flips: [Flip] = []
     var commands = 0
     var batchBytes: UInt64 = 0
-    /// Registers loaded by LOAD_REGISTER_IMM earlier in this submission.
+    /// Registers loaded by LOAD_REGISTER_IMM earlier in this submission, among `operandRegisters`.
     var loaded: [UInt32: UInt32] = [:]
+    /// Registers the table's operand rules may read: the display block ("register values, for
+    /// DISPLAY_FLIP only", `AddressOperand.extent`). Only these are tracked through loads.
+    static var operandRegisters: Range<UInt32> { 0x70000..<0x71000 }
 
     init(scanner: CommandScanner, engine: EngineID, ringStart: UInt64, ringBytes: UInt32, head: UInt32) {
         self.scanner = scanner
@@ -463,7 +490,9 @@ private struct ScanRun {
 
             default:
                 if info.kind == .loadRegisterImm {
-                    for i in info.registerOperands(cmd) where i + 1 < cmd.count { loaded[cmd[i]] = cmd[i + 1] }
+                    for i in info.registerOperands(cmd) where i + 1 < cmd.count && ScanRun.operandRegisters.contains(cmd[i]) {
+                        loaded[cmd[i]] = cmd[i + 1]
+                    }
                 }
                 stack[top].pos = pos + len
             }

@@ -68,7 +68,10 @@ extension VGPU {
         defer { activity.withLock { $0.last = ContinuousClock.now } }
         let ringBytes = UInt32(Reg.ringPages(ctl: job.ctl)) * 4096
         let regs = job.regs
-        let scanner = CommandScanner(slices: slices, commandLoadAllowed: RegisterPolicy.commandLoadAllowed,
+        // Batches must fit the arena after the shadow ring, with room for rounding each one up to a page.
+        var limits = ScanLimits()
+        limits.maxTotalBatchBytes = Int(engineArena(e).bytes - VGPU.shadowRingBytes) - limits.maxBatches * 4096
+        let scanner = CommandScanner(slices: slices, limits: limits, commandLoadAllowed: RegisterPolicy.commandLoadAllowed,
                                      registerRead: { regs[$0] ?? 0 })
         let gpu = host.gpu
         let result = scanner.scan(engine: e, ringStart: UInt64(job.start), ringBytes: ringBytes, head: job.head, tail: job.tail) { gm, count in

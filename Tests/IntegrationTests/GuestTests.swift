@@ -147,14 +147,27 @@ struct LifecycleTests {
     }
 
     @Test func vmResourcesAreReleased() throws {
-        // Build and run many VMs; the process's open descriptors must not grow with them. Each VM holds at
-        // least four (KVM, VM, vCPU, memfd), so a leak shows up as 80 or more; other suites running in
-        // parallel may hold a few pipes of their own, hence the small tolerance.
-        func openFDs() -> Int { (0..<4096).filter { fcntl(Int32($0), F_GETFD) >= 0 }.count }
+        // Build and run many VMs; the KVM VM descriptors in this process must not grow with them. A leak
+        // leaves one per VM (40 here); other suites running in parallel hold at most a few live VMs.
+        func liveVMs() -> Int {
+            guard let dir = opendir("/proc/self/fd") else { return -1 }
+            defer { closedir(dir) }
+            var n = 0
+            while let e = readdir(dir) {
+                let name = withUnsafeBytes(of: e.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+                var buf = [UInt8](repeating: 0, count: 256)
+                let len = buf.withUnsafeMutableBufferPointer { p in
+                    readlink("/proc/self/fd/" + name, UnsafeMutableRawPointer(p.baseAddress!).assumingMemoryBound(to: CChar.self), 255)
+                }
+                if len > 0 && String(decoding: buf[0..<len], as: UTF8.self) == "anon_inode:kvm-vm" { n += 1 }
+            }
+            return n
+        }
         _ = try Support.boot(.realModeBlob([0xfa, 0xf4], loadAddress: 0x7c00))
-        let before = openFDs()
-        for _ in 0..<20 { _ = try Support.boot(.realModeBlob([0xfa, 0xf4], loadAddress: 0x7c00)) }
-        #expect(openFDs() < before + 10)
+        let before = liveVMs()
+        #expect(before >= 0)
+        for _ in 0..<40 { _ = try Support.boot(.realModeBlob([0xfa, 0xf4], loadAddress: 0x7c00)) }
+        #expect(liveVMs() < before + 8)
     }
 }
 
