@@ -48,41 +48,64 @@ extension VGPU {
             logger.debug("vgpu\(id): \(e) doorbell without a shared page")
             return
         }
-        state.withLock { s in
-            s.engines[e.rawValue].tail = tail
-            if s.engines[e.rawValue].error == 0 { s.engines[e.rawValue].pendingTail = tail }
+        state.withLock { $0.engines[e.rawValue].tail = tail }
+        doorbell(e, tail: tail)
+    }
+
+    /// A doorbell for `engine` with the guest's new `tail`: copies the ring from the last accepted tail and
+    /// every batch it reaches, scans the copies, and queues them for the mediator thread (or records the
+    /// rejection). Runs on the thread that rang: a vCPU thread for a trapped TAIL write, the mediator thread
+    /// for a PV doorbell.
+    func doorbell(_ e: EngineID, tail: UInt32) {
+        let i = e.rawValue
+        scanLocks[i].withLock {
+            let job = state.withLock { s -> (start: UInt32, ctl: UInt32, head: UInt32, regs: [UInt32: UInt32])? in
+                let es = s.engines[i]
+                guard es.error == 0, es.ctl & Reg.ringCtlEnable != 0, tail != es.scannedTail else { return nil }
+                return (es.start, es.ctl, es.scannedTail, s.regs)
+            }
+            guard let job else { return }
+            activity.withLock { if $0.first == nil { $0.first = ContinuousClock.now } }
+            let ringBytes = UInt32(Reg.ringPages(ctl: job.ctl)) * 4096
+            let regs = job.regs
+            // Batches must fit the arena after the shadow ring, with room for rounding each up to a page.
+            var limits = ScanLimits()
+            limits.maxTotalBatchBytes = Int(engineArena(e).bytes - VGPU.shadowRingBytes) - limits.maxBatches * 4096
+            let scanner = CommandScanner(slices: slices, limits: limits, commandLoadAllowed: RegisterPolicy.commandLoadAllowed,
+                                         registerRead: { regs[$0] ?? 0 })
+            let gpu = host.gpu
+            let result = scanner.scan(engine: e, ringStart: UInt64(job.start), ringBytes: ringBytes, head: job.head, tail: tail) { gm, count in
+                guard count >= 0, count <= (16 << 20) / 4 else { return nil }
+                var out = [UInt32](repeating: 0, count: count)
+                do { try out.withUnsafeMutableBytes { try gpu.gtt.read(into: $0, at: gm) } } catch { return nil }
+                return out
+            }
+            switch result {
+            case .failure(let rejection):
+                reject(e, rejection)
+            case .success(let submission):
+                state.withLock { s in
+                    s.engines[i].queue.append(Queued(submission: submission, start: job.start, ringBytes: ringBytes,
+                                                     head: job.head, tail: tail))
+                    s.engines[i].scannedTail = tail
+                }
+                control.signal()
+            }
         }
     }
 
+    /// Runs the engine's queued submissions in order (mediator thread).
     func processPending(_ e: EngineID) {
         let i = e.rawValue
-        let job = state.withLock { s -> (start: UInt32, ctl: UInt32, head: UInt32, tail: UInt32, regs: [UInt32: UInt32])? in
-            guard let tail = s.engines[i].pendingTail else { return nil }
-            s.engines[i].pendingTail = nil
-            guard s.engines[i].error == 0, s.engines[i].ctl & Reg.ringCtlEnable != 0, tail != s.engines[i].head else { return nil }
-            s.engines[i].busy = true
-            return (s.engines[i].start, s.engines[i].ctl, s.engines[i].head, tail, s.regs)
-        }
-        guard let job else { return }
-        activity.withLock { if $0.first == nil { $0.first = ContinuousClock.now } }
-        defer { activity.withLock { $0.last = ContinuousClock.now } }
-        let ringBytes = UInt32(Reg.ringPages(ctl: job.ctl)) * 4096
-        let regs = job.regs
-        // Batches must fit the arena after the shadow ring, with room for rounding each one up to a page.
-        var limits = ScanLimits()
-        limits.maxTotalBatchBytes = Int(engineArena(e).bytes - VGPU.shadowRingBytes) - limits.maxBatches * 4096
-        let scanner = CommandScanner(slices: slices, limits: limits, commandLoadAllowed: RegisterPolicy.commandLoadAllowed,
-                                     registerRead: { regs[$0] ?? 0 })
-        let gpu = host.gpu
-        let result = scanner.scan(engine: e, ringStart: UInt64(job.start), ringBytes: ringBytes, head: job.head, tail: job.tail) { gm, count in
-            guard count >= 0, count <= (16 << 20) / 4 else { return nil }
-            var out = [UInt32](repeating: 0, count: count)
-            do { try out.withUnsafeMutableBytes { try gpu.gtt.read(into: $0, at: gm) } } catch { return nil }
-            return out
-        }
-        switch result {
-        case .failure(let rejection): reject(e, rejection)
-        case .success(let submission): execute(e, submission, ringStart: UInt64(job.start), ringBytes: ringBytes, head: job.head, tail: job.tail)
+        while true {
+            let next = state.withLock { s -> Queued? in
+                guard !s.engines[i].queue.isEmpty, !s.engines[i].executing else { return nil }
+                s.engines[i].executing = true
+                return s.engines[i].queue.removeFirst()
+            }
+            guard let q = next else { return }
+            execute(e, q.submission, ringStart: UInt64(q.start), ringBytes: q.ringBytes, head: q.head, tail: q.tail)
+            activity.withLock { $0.last = ContinuousClock.now }
         }
     }
 
@@ -92,7 +115,6 @@ extension VGPU {
         logger.warning("vgpu\(id): rejected \(e) submission: \(r)")
         state.withLock { s in
             let i = e.rawValue
-            s.engines[i].busy = false
             s.engines[i].error = VGPURegs.rejectedErrorBase + r.reason.rawValue
             s.engines[i].errorIP = r.commandGM
             s.engines[i].faultAddress = r.operand
@@ -121,7 +143,8 @@ extension VGPU {
         }
         let ringFragmentBytes = UInt64(buffers.first?.dwords.count ?? 0) * 4
         guard next <= arenaBytes, ringFragmentBytes < VGPU.shadowRingBytes else {
-            reject(e, ScanRejection(reason: .invalidOperand, engine: e, commandGM: ringStart + UInt64(head), level: 0, header: 0, operand: next))
+            state.withLock { $0.engines[e.rawValue].executing = false }
+            reject(e, ScanRejection(reason: .tooManyBatches, engine: e, commandGM: ringStart + UInt64(head), level: 0, header: 0, operand: next))
             return
         }
         for b in buffers.indices {
@@ -165,9 +188,9 @@ extension VGPU {
         }
 
         var bits: UInt32 = 0
-        let pipeOn = state.withLock { s -> Bool in
+        state.withLock { s in
             let i = e.rawValue
-            s.engines[i].busy = false
+            s.engines[i].executing = false
             s.engines[i].head = tail
             s.engines[i].commandCount &+= UInt32(truncatingIfNeeded: executed)
             switch outcome {
@@ -177,9 +200,11 @@ extension VGPU {
                 s.engines[i].error = err.code.rawValue
                 s.engines[i].faultAddress = err.faultAddress
                 s.engines[i].errorIP = guestAddress(err.commandAddress)
+                s.engines[i].queue.removeAll()   // the engine stops: nothing after the failure runs
                 bits |= Interrupt.error(e)
             case .timedOut:
                 s.engines[i].error = EngineErrorCode.stepBudgetExceeded.rawValue
+                s.engines[i].queue.removeAll()
                 bits |= Interrupt.error(e)
             }
             if userEvents > 0 { bits |= Interrupt.user(e) }
@@ -187,31 +212,28 @@ extension VGPU {
                 if f.plane == 0 {
                     s.regs[Reg.priSurf] = UInt32(truncatingIfNeeded: f.surface)
                     s.regs[Reg.priStride] = f.stride
-                    s.flips &+= 1
-                    s.pendingFlipDone |= Interrupt.flipDone
+                    s.armedFlips |= Interrupt.flipDone
                 } else {
                     s.regs[Reg.curBase] = UInt32(truncatingIfNeeded: f.surface)
-                    s.cursorFlips &+= 1
-                    s.pendingFlipDone |= Interrupt.cursorFlipDone
+                    s.armedFlips |= Interrupt.cursorFlipDone
                 }
             }
-            return (s.regs[Reg.pipeConf] ?? 0) & Reg.pipeConfEnable != 0
         }
         if case .error(let err) = outcome {
             logger.warning("vgpu\(id): \(e) engine error: \(err)")
         }
-        if !pipeOn {   // no vblanks to wait for: flips complete at once
-            bits |= state.withLock { s in defer { s.pendingFlipDone = 0 }; return s.pendingFlipDone }
-        }
         if bits != 0 { raise(bits) }
     }
 
-    /// One virtual vblank: counts it and completes pending flips.
+    /// One virtual vblank: counts it and completes the armed flips (several armed between two vblanks
+    /// complete together, as on the GPU).
     func vblank() {
         let bits = state.withLock { s -> UInt32 in
             s.vblanks &+= 1
-            defer { s.pendingFlipDone = 0 }
-            return Interrupt.vblank | s.pendingFlipDone
+            if s.armedFlips & Interrupt.flipDone != 0 { s.flips &+= 1 }
+            if s.armedFlips & Interrupt.cursorFlipDone != 0 { s.cursorFlips &+= 1 }
+            defer { s.armedFlips = 0 }
+            return Interrupt.vblank | s.armedFlips
         }
         raise(bits)
     }

@@ -36,13 +36,23 @@ public final class VGPU: PCIFunction, BusDevice, @unchecked Sendable {
     let apertureWindow: UnsafeMutableRawPointer
     let apertureSlot: UInt32
 
+    /// A scanned submission waiting for the engine.
+    struct Queued {
+        let submission: ScannedSubmission
+        let start: UInt32, ringBytes: UInt32, head: UInt32, tail: UInt32
+    }
+
     struct EngineState {
         var start: UInt32 = 0, ctl: UInt32 = 0, head: UInt32 = 0, tail: UInt32 = 0
-        var pendingTail: UInt32? = nil
+        /// Where the next scan starts: the tail of the last accepted submission.
+        var scannedTail: UInt32 = 0
+        /// Accepted (scanned and copied) submissions not yet run, in doorbell order.
+        var queue: [Queued] = []
+        var executing = false
         var error: UInt32 = 0, faultAddress: UInt64 = 0, errorIP: UInt64 = 0
         var commandCount: UInt32 = 0, acthd: UInt32 = 0
         var gprs = [UInt32](repeating: 0, count: Int(Reg.gprDwords))
-        var busy = false
+        var busy: Bool { executing || !queue.isEmpty }
     }
 
     struct State {
@@ -53,11 +63,15 @@ public final class VGPU: PCIFunction, BusDevice, @unchecked Sendable {
         var errStatus: UInt32 = 0, errEngine: UInt32 = 0, errReason: UInt32 = 0, errOpcode: UInt32 = 0
         var errCommandGM: UInt64 = 0, errLevel: UInt32 = 0, errOperand: UInt64 = 0, errCount: UInt32 = 0
         var vblanks: UInt32 = 0, flips: UInt32 = 0, cursorFlips: UInt32 = 0
-        var pendingFlipDone: UInt32 = 0
+        /// Flips armed by PRI_SURF / CUR_BASE writes or DISPLAY_FLIPs; they complete at the next vblank.
+        var armedFlips: UInt32 = 0
         var bar0: UInt64? = nil                // where BAR0 is registered on the MMIO bus
         var bar2: UInt64? = nil                // where the aperture slot is mapped
     }
     let state = Mutex(State())
+    /// One scan at a time per engine (a trapped TAIL write on a vCPU thread and a PV doorbell on the
+    /// mediator thread may race).
+    let scanLocks = [GPUHost.EngineLock(), GPUHost.EngineLock()]
     private let lifecycle = Mutex<Bool>(true)   // running
 
     // Statistics.
@@ -307,7 +321,7 @@ public final class VGPU: PCIFunction, BusDevice, @unchecked Sendable {
                     var v: UInt32 = es.ctl & 1 != 0 ? Reg.statusRingEnabled : 0
                     if es.busy { v |= Reg.statusBusy }
                     if es.error != 0 { v |= Reg.statusError }
-                    if !es.busy && es.pendingTail == nil { v |= Reg.statusIdle }
+                    if !es.busy { v |= Reg.statusIdle }
                     return v
                 case Reg.errorCodeOffset: return es.error
                 case Reg.faultAddressLoOffset: return lo(es.faultAddress)
@@ -368,6 +382,7 @@ public final class VGPU: PCIFunction, BusDevice, @unchecked Sendable {
 
         var deliver: UInt32 = 0
         var kick = false
+        var doorbellTail: (EngineID, UInt32)? = nil
         state.withLock { s in
             for e in EngineID.allCases {
                 let base = Reg.engineBase(e)
@@ -376,13 +391,13 @@ public final class VGPU: PCIFunction, BusDevice, @unchecked Sendable {
                 switch r - base {
                 case Reg.ringTailOffset:
                     s.engines[i].tail = masked
-                    if s.engines[i].error == 0 { s.engines[i].pendingTail = masked; kick = true }
+                    doorbellTail = (e, masked)
                 case Reg.ringHeadOffset:
-                    if !s.engines[i].busy { s.engines[i].head = masked & ~3 }
+                    if !s.engines[i].busy { s.engines[i].head = masked & ~3; s.engines[i].scannedTail = masked & ~3 }
                 case Reg.ringStartOffset: s.engines[i].start = masked
                 case Reg.ringCtlOffset: s.engines[i].ctl = masked
                 case Reg.resetOffset:
-                    if masked & 1 != 0 && !s.engines[i].busy {
+                    if masked & 1 != 0 && !s.engines[i].executing {
                         let gprs = s.engines[i].gprs.map { _ in UInt32(0) }
                         s.engines[i] = EngineState()
                         s.engines[i].gprs = gprs
@@ -394,6 +409,9 @@ public final class VGPU: PCIFunction, BusDevice, @unchecked Sendable {
                 return
             }
             switch r {
+            case Reg.pipeConf: s.regs[r] = masked; kick = true          // the mediator starts or stops vblanks
+            case Reg.priSurf: s.regs[r] = masked; s.armedFlips |= Interrupt.flipDone
+            case Reg.curBase: s.regs[r] = masked; s.armedFlips |= Interrupt.cursorFlipDone
             case Reg.imr: s.imr = masked
             case Reg.iir: s.iir &= ~masked
             case Reg.ier:
@@ -403,6 +421,9 @@ public final class VGPU: PCIFunction, BusDevice, @unchecked Sendable {
             default: s.regs[r] = masked
             }
         }
+        // A trapped TAIL write is copied and scanned here, on the vCPU thread, before the guest runs on:
+        // whatever the guest changes after this doorbell cannot affect the submission.
+        if let (e, tail) = doorbellTail { doorbell(e, tail: tail) }
         if kick { control.signal() }
         if deliver != 0 { signalInterrupt() }
         if r == Reg.iir || r == Reg.ier { updateINTx() }
