@@ -62,6 +62,6 @@ let package = Package(
         .testTarget(name: "MachineTests", dependencies: ["Machine", "KVM"]),
         .testTarget(name: "SoftGPUTests", dependencies: ["SoftGPU"]),
         .testTarget(name: "VGPUTests", dependencies: ["VGPU", "SoftGPU", "Machine", "KVM", "CLibpng"]),
-        .testTarget(name: "IntegrationTests", dependencies: ["Minivisor", "Machine", "MinivisorCLI"]),
+        .testTarget(name: "IntegrationTests", dependencies: ["Minivisor", "Machine", "MinivisorCLI", "CLibpng"]),
     ]
 )
