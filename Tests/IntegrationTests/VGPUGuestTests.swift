@@ -77,6 +77,35 @@ struct VGPUGuestTests {
         #expect(s.rejections > 0 && s.gttRejected > 0 && s.gttDroppedOutside > 0 && s.badAccesses > 0)
     }
 
+    @Test func vmsWithAVGPUAreFreed() throws {
+        // No reference cycle keeps a machine (its guest RAM, its KVM VM) alive after its VM is gone, and the
+        // vGPU's slices return to the GPU.
+        let host = GPUHost()
+        weak var machine: Machine?
+        weak var vgpu: VGPU?
+        for _ in 0..<3 {
+            var c = MachineConfiguration()
+            c.memoryBytes = 16 << 20
+            c.serialOutput = .none
+            let vm = try VirtualMachine(image: .realModeBlob([0xfa, 0xf4], loadAddress: 0x7c00), configuration: c,
+                                        vgpu: VGPUOptions(host: host))
+            machine = vm.machine
+            vgpu = vm.vgpu
+            #expect(vm.run() == .powerOff)
+        }
+        #expect(machine == nil)
+        #expect(vgpu == nil)
+        var held: [VirtualMachine] = []
+        for _ in 0..<host.capacity {
+            var c = MachineConfiguration()
+            c.memoryBytes = 16 << 20
+            c.serialOutput = .none
+            held.append(try VirtualMachine(image: .realModeBlob([0xfa, 0xf4], loadAddress: 0x7c00), configuration: c,
+                                           vgpu: VGPUOptions(host: host)))
+        }
+        #expect(held.count == host.capacity)
+    }
+
     @Test func twoVMsShareOneGPUAtOnce() throws {
         // Two VMs with a vGPU each, both built first (so both hold slices), then run at the same time.
         let host = GPUHost()
