@@ -44,7 +44,7 @@ extension VGPU {
     /// PV doorbell: the new tail is in the shared page at 8 * engine.
     func fastDoorbell(_ e: EngineID) {
         let page = state.withLock { $0.sharedPage }
-        guard page != 0, let tail: UInt32 = try? machine.memory.read(at: page + 8 * UInt64(e.rawValue)) else {
+        guard page != 0, let tail: UInt32 = try? memory.read(at: page + 8 * UInt64(e.rawValue)) else {
             logger.debug("vgpu\(id): \(e) doorbell without a shared page")
             return
         }

@@ -25,7 +25,11 @@ public final class VGPU: PCIFunction, BusDevice, @unchecked Sendable {
     public let slices: GMSlices
     public let host: GPUHost
     public let config: PCIConfigSpace
-    let machine: Machine
+    /// Guest RAM and the KVM VM: strong (neither refers back to the vGPU).
+    let memory: GuestMemory
+    let kvm: KVMVirtualMachine
+    /// The machine is reached weakly: its buses hold the vGPU, so a strong reference would be a cycle.
+    weak let machine: Machine?
     let gtt: GTTShadow
     let logger: Logger
     let apertureSize: UInt64
@@ -104,6 +108,8 @@ public final class VGPU: PCIFunction, BusDevice, @unchecked Sendable {
     public init(machine: Machine, host: GPUHost, slot: Int? = nil, bar0: UInt64 = VGPU.defaultBAR0,
                 bar2: UInt64 = VGPU.defaultBAR2, refreshRate: Double = 60, logger: Logger = Logger(label: "minivisor.vgpu")) throws {
         self.machine = machine
+        memory = machine.memory
+        kvm = machine.vm
         self.host = host
         self.logger = logger
         let (id, slices) = try host.allocate()
@@ -121,7 +127,7 @@ public final class VGPU: PCIFunction, BusDevice, @unchecked Sendable {
             host.release(id: id)
             throw error
         }
-        gtt = GTTShadow(slices: slices, gtt: host.gpu.gtt, memory: machine.memory, busBase: busBase,
+        gtt = GTTShadow(slices: slices, gtt: host.gpu.gtt, memory: memory, busBase: busBase,
                         scratchBus: SystemMemory.scratchPageAddress)
 
         let sliceBytes = Int(slices.aperture.count)
@@ -146,7 +152,7 @@ public final class VGPU: PCIFunction, BusDevice, @unchecked Sendable {
 
         let window = UInt(bitPattern: apertureWindow)
         let sliceBase = slices.aperture.lowerBound
-        let memfd = machine.memory.memfd
+        let memfd = memory.memfd
         gtt.onAperturePageChange = { page, fileOffset in
             let addr = UnsafeMutableRawPointer(bitPattern: window)! + Int(UInt64(page) << 12 - sliceBase)
             if let off = fileOffset {
@@ -195,6 +201,7 @@ public final class VGPU: PCIFunction, BusDevice, @unchecked Sendable {
     /// Registers BAR0 on the MMIO bus and the aperture slot at the addresses the config space holds, when
     /// memory decoding is on; removes them when it is off.
     func applyBARs() {
+        guard let machine else { return }
         let decode = config.command & PCIConfigSpace.commandMemory != 0
         let want0 = decode ? config.barAddress(0) : nil
         let want2 = decode ? config.barAddress(2) : nil
@@ -208,7 +215,7 @@ public final class VGPU: PCIFunction, BusDevice, @unchecked Sendable {
             if let o = old0 {
                 machine.mmioBus.unregister(base: o)
                 for e in EngineID.allCases {
-                    try? machine.vm.registerIOEventFD(doorbells[e.rawValue].fd, address: o + UInt64(VGPURegs.pvDoorbell(e)),
+                    try? kvm.registerIOEventFD(doorbells[e.rawValue].fd, address: o + UInt64(VGPURegs.pvDoorbell(e)),
                                                       length: 4, deassign: true)
                 }
             }
@@ -216,7 +223,7 @@ public final class VGPU: PCIFunction, BusDevice, @unchecked Sendable {
                 do {
                     try machine.mmioBus.register(self, base: n, size: VGPURegs.bar0Size, name: "vgpu\(id)-bar0")
                     for e in EngineID.allCases {
-                        try machine.vm.registerIOEventFD(doorbells[e.rawValue].fd, address: n + UInt64(VGPURegs.pvDoorbell(e)), length: 4)
+                        try kvm.registerIOEventFD(doorbells[e.rawValue].fd, address: n + UInt64(VGPURegs.pvDoorbell(e)), length: 4)
                     }
                 } catch {
                     logger.warning("vgpu\(id): cannot place BAR0 at 0x\(String(n, radix: 16)): \(error)")
@@ -227,11 +234,11 @@ public final class VGPU: PCIFunction, BusDevice, @unchecked Sendable {
         if old2 != want2 {
             let sliceOffset = slices.aperture.lowerBound
             if old2 != nil {
-                try? machine.vm.setUserMemoryRegion(slot: apertureSlot, guestPhysicalAddress: 0, size: 0, userAddress: nil)
+                try? kvm.setUserMemoryRegion(slot: apertureSlot, guestPhysicalAddress: 0, size: 0, userAddress: nil)
             }
             if let n = want2 {
                 do {
-                    try machine.vm.setUserMemoryRegion(slot: apertureSlot, guestPhysicalAddress: n + sliceOffset,
+                    try kvm.setUserMemoryRegion(slot: apertureSlot, guestPhysicalAddress: n + sliceOffset,
                                                        size: UInt64(slices.aperture.count), userAddress: apertureWindow)
                 } catch {
                     logger.warning("vgpu\(id): cannot map the aperture at 0x\(String(n, radix: 16)): \(error)")
@@ -464,7 +471,7 @@ public final class VGPU: PCIFunction, BusDevice, @unchecked Sendable {
     /// unless the command register's INTx-disable bit is set).
     func signalInterrupt() {
         if let msi = config.msiMessage {
-            _ = try? machine.vm.signalMSI(address: msi.address, data: msi.data)
+            _ = try? kvm.signalMSI(address: msi.address, data: msi.data)
         } else {
             updateINTx()
         }
@@ -476,7 +483,7 @@ public final class VGPU: PCIFunction, BusDevice, @unchecked Sendable {
         let pending = state.withLock { $0.iir & $0.ier != 0 }
         let level = pending && config.msiMessage == nil && config.command & PCIConfigSpace.commandINTxDisable == 0
         let changed = intxLevel.withLock { l -> Bool in defer { l = level }; return l != level }
-        if changed { try? machine.vm.setIRQLine(gsi, level: level) }
+        if changed { try? kvm.setIRQLine(gsi, level: level) }
     }
 
     // MARK: statistics
@@ -497,7 +504,8 @@ public final class VGPU: PCIFunction, BusDevice, @unchecked Sendable {
     // MARK: mediator thread
 
     private func startMediator() {
-        let ok = OSThread.spawn(name: "vgpu\(id)-mediator") { [unowned self] in self.mediatorLoop() }
+        // The thread holds the vGPU until shutdown() stops it.
+        let ok = OSThread.spawn(name: "vgpu\(id)-mediator") { [self] in self.mediatorLoop() }
         thread = ok
     }
 
