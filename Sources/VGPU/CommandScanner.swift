@@ -208,12 +208,16 @@ public struct ScanRejection: Error, Sendable, Equatable, CustomStringConvertible
     public let operand: UInt64
     /// Human-readable detail (for the host log only).
     public let detail: String
+    /// GM address where the guest buffer holding the command starts (RING_START for the ring, the batch
+    /// address for a batch), so `commandGM - bufferGM` is the command's byte offset in its buffer.
+    public let bufferGM: UInt64
 
     public init(reason: RejectReason, engine: EngineID, commandGM: UInt64, level: Int, header: UInt32,
-                operand: UInt64, detail: String = "") {
+                operand: UInt64, detail: String = "", bufferGM: UInt64? = nil) {
         self.reason = reason
         self.engine = engine
         self.commandGM = commandGM
+        self.bufferGM = bufferGM ?? commandGM
         self.level = level
         self.header = header
         self.operand = operand
@@ -223,7 +227,8 @@ public struct ScanRejection: Error, Sendable, Equatable, CustomStringConvertible
     /// One line with every field, for the host log.
     public var description: String {
         var s = "vGPU \(engine) submission rejected: reason \(reason.rawValue) (\(reason.summary)), command at GM 0x"
-            + String(commandGM, radix: 16) + ", level \(level), header 0x" + String(header, radix: 16)
+            + String(commandGM, radix: 16) + " (offset 0x" + String(commandGM &- bufferGM, radix: 16)
+            + " in its \(level == 0 ? "ring" : "batch")), level \(level), header 0x" + String(header, radix: 16)
             + ", operand 0x" + String(operand, radix: 16)
         if !detail.isEmpty { s += ": " + detail }
         return s
@@ -282,6 +287,8 @@ public struct CommandScanner: Sendable {
 // MARK: - One scan
 
 private struct ScanRun {
+    /// Start of the guest buffer being scanned (for error offsets).
+    var bufferStart: UInt64 = 0
     struct Frame {
         var buffer: Int
         var pos: Int       // dword index of the next command in the buffer
@@ -320,6 +327,7 @@ private struct ScanRun {
         self.ringStart = ringStart
         self.ringBytes = ringBytes
         self.head = head
+        bufferStart = ringStart
         let l = scanner.limits
         maxLevel = min(max(l.maxBatchLevel, 0), CommandScanner.hardwareBatchLevels)
         maxBatches = max(l.maxBatches, 0)
@@ -350,7 +358,7 @@ private struct ScanRun {
     func reject(_ reason: RejectReason, _ gm: UInt64, level: Int, header: UInt32 = 0, operand: UInt64 = 0,
                 _ detail: String) -> ScanRejection {
         ScanRejection(reason: reason, engine: engine, commandGM: gm, level: level, header: header,
-                      operand: operand, detail: detail)
+                      operand: operand, detail: detail, bufferGM: bufferStart)
     }
 
     // MARK: ring
@@ -409,6 +417,7 @@ private struct ScanRun {
             }
             let at = gm(b, pos)
             let h = copies[b][pos]
+            bufferStart = b == 0 ? ringStart : sources[b]
 
             commands += 1
             guard commands <= maxCommands else {

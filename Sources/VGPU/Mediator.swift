@@ -123,6 +123,7 @@ extension VGPU {
             s.errReason = r.reason.rawValue
             s.errOpcode = r.header
             s.errCommandGM = r.commandGM
+            s.errOffset = UInt32(truncatingIfNeeded: r.commandGM &- r.bufferGM)
             s.errLevel = UInt32(r.level)
             s.errOperand = r.operand
             s.errCount &+= 1

@@ -78,6 +78,7 @@ public enum VGPURegs {
     public static let errLevel: UInt32 = 0x79018
     public static let errOperand: UInt32 = 0x7901c
     public static let errCount: UInt32 = 0x79024
+    public static let errOffset: UInt32 = 0x79028
 
     /// Interrupt bits the vGPU adds to the SoftGPU set: a submission was rejected.
     public static let rcsRejected: UInt32 = 1 << 3

@@ -66,6 +66,7 @@ public final class VGPU: PCIFunction, BusDevice, @unchecked Sendable {
         var sharedPage: UInt64 = 0
         var errStatus: UInt32 = 0, errEngine: UInt32 = 0, errReason: UInt32 = 0, errOpcode: UInt32 = 0
         var errCommandGM: UInt64 = 0, errLevel: UInt32 = 0, errOperand: UInt64 = 0, errCount: UInt32 = 0
+        var errOffset: UInt32 = 0
         var vblanks: UInt32 = 0, flips: UInt32 = 0, cursorFlips: UInt32 = 0
         /// Flips armed by PRI_SURF / CUR_BASE writes or DISPLAY_FLIPs; they complete at the next vblank.
         var armedFlips: UInt32 = 0
@@ -305,7 +306,7 @@ public final class VGPU: PCIFunction, BusDevice, @unchecked Sendable {
         case VGPURegs.pvGMSize + 4: return hi(host.gpu.config.gmSize)
         case VGPURegs.pvSharedPage: return state.withLock { lo($0.sharedPage) }
         case VGPURegs.pvSharedPage + 4: return state.withLock { hi($0.sharedPage) }
-        case VGPURegs.errStatus...VGPURegs.errCount: return readErrorBlock(r)
+        case VGPURegs.errStatus...VGPURegs.errOffset: return readErrorBlock(r)
         default: break
         }
         let policy = RegisterPolicy.of(r)
@@ -449,6 +450,7 @@ public final class VGPU: PCIFunction, BusDevice, @unchecked Sendable {
             case VGPURegs.errOperand: return lo(s.errOperand)
             case VGPURegs.errOperand + 4: return hi(s.errOperand)
             case VGPURegs.errCount: return s.errCount
+            case VGPURegs.errOffset: return s.errOffset
             default: return 0
             }
         }

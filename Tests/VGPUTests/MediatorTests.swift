@@ -210,6 +210,7 @@ struct MediatorTests {
         #expect(rig.r32(VGPURegs.errReason) == RejectReason.registerNotAllowed.rawValue)
         #expect(rig.r32(VGPURegs.errOpcode) == bad.dwords[0])
         #expect(UInt64(rig.r32(VGPURegs.errCommandGM)) == s.aperture.lowerBound)
+        #expect(rig.r32(VGPURegs.errOffset) == 0)
         #expect(rig.r32(VGPURegs.errOperand) == Reg.ringStart(.bcs))
         #expect(rig.r32(Reg.status(.rcs)) & Reg.statusError != 0)
         #expect(rig.r32(Reg.errorCode(.rcs)) == 0x100 + RejectReason.registerNotAllowed.rawValue)
@@ -238,6 +239,23 @@ struct MediatorTests {
         try rig.submit(.rcs, ringGPA: ring, at: 0, b.dwords)
         #expect(rig.r32(VGPURegs.errReason) == RejectReason.addressOutsideSlices.rawValue)
         #expect(rig.r32(VGPURegs.errOperand) == 0x1000)
+        #expect(rig.r32(VGPURegs.errOffset) == 0)
+        // A bad command inside a batch, 8 bytes into it: the offset is relative to the batch.
+        rig.w32(Reg.reset(.rcs), 1)
+        let ring2 = rig.setUpRing(.rcs, gm: s.aperture.lowerBound + 0x20000)
+        let batchGM = s.hidden.lowerBound + 0x200000
+        let batchGPA = rig.back(gm: batchGM, pages: 1)
+        var batch = CommandBuilder()
+        batch.noop(count: 2)
+        batch.storeDataImm(gm: 0x2000, 1)
+        batch.batchBufferEnd()
+        for (i, d) in batch.dwords.enumerated() { try rig.machine.memory.write(d, at: batchGPA + UInt64(i * 4)) }
+        var start = CommandBuilder()
+        start.batchBufferStart(gm: batchGM, length: UInt32(batch.dwords.count * 4))
+        try rig.submit(.rcs, ringGPA: ring2, at: 0, start.dwords)
+        #expect(rig.r32(VGPURegs.errLevel) == 1)
+        #expect(UInt64(rig.r32(VGPURegs.errCommandGM)) == batchGM + 8)
+        #expect(rig.r32(VGPURegs.errOffset) == 8)
     }
 
     @Test func twoVGPUsAreIsolated() throws {
