@@ -89,11 +89,19 @@ static void bench_aperture(uint64_t mib, uint64_t tsc_khz) {
                   probe.best / (probe_ram.best ? probe_ram.best : 1));
         bytes = 64 << 10;
     }
-    struct write_job ja = { ap, bytes, 4, 0 }, jr = { ram, bytes, 4, 0 };
-    mv_run_user(write_user, (uint64_t)(uintptr_t)&ja);
-    mv_run_user(write_user, (uint64_t)(uintptr_t)&jr);
-    /* The last pass wrote 0x04..04 through BAR2: it must be in the guest RAM behind the GTT. */
-    uint64_t n = bytes / 8, want = 0x0404040404040404ull;
+    /* Interleave aperture and RAM rounds so both see the same host conditions; keep the best of each. */
+    struct write_job ja = { ap, bytes, 2, 0 }, jr = { ram, bytes, 2, 0 };
+    uint64_t best_a = ~0ull, best_r = ~0ull;
+    for (int round = 0; round < 10; round++) {
+        mv_run_user(write_user, (uint64_t)(uintptr_t)&ja);
+        mv_run_user(write_user, (uint64_t)(uintptr_t)&jr);
+        if (ja.best < best_a) best_a = ja.best;
+        if (jr.best < best_r) best_r = jr.best;
+    }
+    ja.best = best_a;
+    jr.best = best_r;
+    /* Each round's last pass wrote 0x02..02 through BAR2: it must be in the guest RAM behind the GTT. */
+    uint64_t n = bytes / 8, want = 0x0202020202020202ull;
     if (back[0] != want || back[n / 2] != want || back[n - 1] != want)
         FAIL("aperture writes did not land in the backing RAM: 0x%lx 0x%lx 0x%lx\n", back[0], back[n / 2], back[n - 1]);
     uint64_t mibs = bytes >> 20 ? bytes >> 20 : 1;
@@ -234,6 +242,7 @@ static uint64_t fill_user(uint64_t arg) {
     }
 
     /* The same kind of fill, one ring submission (COLOR_BLT + FLUSH) each. */
+    if (j->single == 0) { j->rc = 0; return 0; }
     t0 = rdtsc();
     for (uint64_t k = 0; k < j->single; k++) {
         uint32_t buf[8];
@@ -251,12 +260,12 @@ static uint64_t fill_user(uint64_t arg) {
     return 0;
 }
 
-static void bench_fills(uint64_t fills, uint64_t per_batch, uint64_t tsc_khz) {
+static void bench_fills(uint64_t fills, uint64_t per_batch, uint64_t singles, uint64_t tsc_khz) {
     struct fill_job j;
     memset(&j, 0, sizeof j);
     j.fills = fills;
     j.per_batch = per_batch;
-    j.single = fills / 16 ? fills / 16 : 1;
+    j.single = singles;
     j.batch_bytes = (uint32_t)((per_batch * 8 + 1) * 4 + 4095) & ~4095u;
     uint64_t gm;
     if (!vgpu_gm_alloc_backed(&gpu, VGPU_APERTURE, (uint64_t)FW * FH * 4, &gm)) {
@@ -278,14 +287,88 @@ static void bench_fills(uint64_t fills, uint64_t per_batch, uint64_t tsc_khz) {
         return;
     }
     if (j.bad) FAIL("%lu fill slots hold the wrong colour\n", j.bad);
+    mv_printf("bench fill_surface %u x %u, fill %u x %u\n", FW, FH, FILL, FILL);
     mv_printf("bench fill_stream_fills %lu fills\n", fills);
     mv_printf("bench fill_stream_batch %lu fills\n", per_batch);
     mv_printf("bench fill_stream_batches %lu batches\n", j.batches);
     mv_printf("bench fill_stream_cycles_per_fill %lu cycles\n", j.stream_cycles / fills);
-    mv_printf("bench fill_single_fills %lu fills\n", j.single);
-    mv_printf("bench fill_single_cycles_per_fill %lu cycles\n", j.single_cycles / j.single);
-    print_ratio("fill_single_vs_stream_ratio", j.single_cycles / j.single, j.stream_cycles / fills);
+    if (j.single) {
+        mv_printf("bench fill_single_fills %lu fills\n", j.single);
+        mv_printf("bench fill_single_cycles_per_fill %lu cycles\n", j.single_cycles / j.single);
+        print_ratio("fill_single_vs_stream_ratio", j.single_cycles / j.single, j.stream_cycles / fills);
+    }
     if (tsc_khz) mv_printf("bench fill_stream_fills_per_s %lu fills/s\n", fills * tsc_khz * 1000 / (j.stream_cycles ? j.stream_cycles : 1));
+}
+
+/* ------------------------------------------------------------------ (iv) */
+/* GPU-intensive work: `reps` SGEMMs of n x n x n, each its own batch on RCS, submitted back to back.
+ * The host times the same work submitted natively (minivisor bench); the result is checked here. */
+
+struct sgemm_job {
+    uint32_t *a, *b, *c, *ref;
+    uint32_t n;
+    uint64_t bad, first;
+};
+
+static uint64_t sgemm_prepare_user(uint64_t arg) {
+    struct sgemm_job *j = (struct sgemm_job *)(uintptr_t)arg;
+    uint64_t nn = (uint64_t)j->n * j->n;
+    vgpu_fp_fill(j->a, nn, 7, 3, 17, 0x3d800000u);      /* small integers / 16: exact products */
+    vgpu_fp_fill(j->b, nn, 5, 1, 13, 0x3e000000u);      /* small integers / 8 */
+    return 0;
+}
+
+static uint64_t sgemm_check_user(uint64_t arg) {
+    struct sgemm_job *j = (struct sgemm_job *)(uintptr_t)arg;
+    vgpu_fp_sgemm_ref(j->n, j->n, j->n, 0x3f800000u, 0, j->a, j->n, j->b, j->n, j->ref, j->n);
+    j->bad = vgpu_fp_compare(j->c, j->ref, (uint64_t)j->n * j->n, 0x3a83126fu /* 1e-3 */, 0x3a83126fu, &j->first);
+    return 0;
+}
+
+static void bench_sgemm(uint32_t n, uint64_t reps) {
+    uint64_t bytes = (uint64_t)n * n * 4, ga, gb, gc, gbatch;
+    struct sgemm_job j = { 0 };
+    j.n = n;
+    j.a = vgpu_gm_alloc_backed(&gpu, VGPU_HIDDEN, bytes, &ga);
+    j.b = vgpu_gm_alloc_backed(&gpu, VGPU_HIDDEN, bytes, &gb);
+    j.c = vgpu_gm_alloc_backed(&gpu, VGPU_HIDDEN, bytes, &gc);
+    j.ref = mv_alloc(bytes, 4096);
+    uint32_t *batch = vgpu_gm_alloc_backed(&gpu, VGPU_APERTURE, 4096, &gbatch);
+    if (!j.a || !j.b || !j.c || !j.ref || !batch || vgpu_ring_init(&gpu, VGPU_RCS, 16) != 0
+        || vgpu_irq_setup(&gpu, VGPU_VECTOR, VGPU_IRQ_DEFAULT) != 0) {
+        FAIL("no memory or ring for the %u^3 SGEMM\n", n);
+        return;
+    }
+    mv_run_user(sgemm_prepare_user, (uint64_t)(uintptr_t)&j);
+    struct vgpu_cmds c;
+    vgpu_cmds_init(&c, vgpu_aperture(&gpu, gbatch), 1024);
+    c.gm = gbatch;
+    vgpu_sgemm(&c, n, n, n, 0x3f800000u, 0, ga, n, gb, n, gc, n);
+    vgpu_bb_end(&c);
+    uint64_t t0 = rdtsc();
+    uint32_t seq = 0;
+    for (uint64_t r = 0; r < reps; r++) {
+        /* Only the last one notifies: the driver sleeps (sti; hlt) until it completes, as a real one would. */
+        seq = vgpu_submit_batch(&gpu, VGPU_RCS, gbatch, vgpu_cmds_bytes(&c), r + 1 == reps ? VGPU_NOTIFY : 0);
+        if (!seq) { FAIL("SGEMM submission %lu failed\n", r); return; }
+    }
+    if (vgpu_wait_irq(&gpu, VGPU_RCS, seq, VGPU_WAIT_TICKS) != 0) { FAIL("SGEMM did not complete\n"); return; }
+    uint64_t cycles = rdtsc() - t0;
+    mv_run_user(sgemm_check_user, (uint64_t)(uintptr_t)&j);
+    if (j.bad) FAIL("SGEMM result wrong in %lu elements (first %lu)\n", j.bad, j.first);
+    mv_printf("bench sgemm_n %u\n", n);
+    mv_printf("bench sgemm_reps %lu\n", reps);
+    mv_printf("bench sgemm_cycles %lu cycles\n", cycles);
+}
+
+/* only=NAME runs one part (aperture, doorbells, fills, sgemm); default: all but sgemm. */
+static int want(const struct mv_boot_info *bi, const char *name) {
+    uint64_t len = 0;
+    const char *v = mv_cmdline_value((const char *)(uintptr_t)bi->cmdline_addr, bi->cmdline_len, "only", &len);
+    if (!v) return strcmp(name, "sgemm") != 0;
+    uint64_t n = 0;
+    while (name[n]) n++;
+    return n == len && memcmp(v, name, n) == 0;
 }
 
 int main(const struct mv_boot_info *bi) {
@@ -307,9 +390,10 @@ int main(const struct mv_boot_info *bi) {
     }
     uint64_t khz = vgpu_tsc_khz();
     mv_printf("bench tsc_khz %lu kHz\n", khz);
-    bench_aperture(mib, khz);
-    bench_doorbells(doorbells);
-    bench_fills(fills, per_batch, khz);
+    if (want(bi, "aperture")) bench_aperture(mib, khz);
+    if (want(bi, "doorbells")) bench_doorbells(doorbells);
+    if (want(bi, "fills")) bench_fills(fills, per_batch, param(bi, "singles", fills / 16 ? fills / 16 : 1, 0, 1u << 22), khz);
+    if (want(bi, "sgemm")) bench_sgemm((uint32_t)param(bi, "sgemm", 512, 16, 1024), param(bi, "reps", 8, 1, 1000));
     if (failures) {
         mv_printf("vgpu bench FAIL: %d problem(s)\n", failures);
         return 1;

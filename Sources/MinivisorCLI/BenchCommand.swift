@@ -22,6 +22,9 @@ struct Bench: ParsableCommand {
     @Option(help: "Guest image for the start-to-exit measurement (default: Guests/build/hello.elf, else the built-in demo).")
     var image: String?
 
+    @Option(help: "Where the built guests are (vgpu_bench.elf for the vGPU benchmarks).")
+    var guests: String = "Guests/build"
+
     @Option(help: "Start-to-exit repetitions (the median is reported).")
     var startupRuns: Int = 11
 
@@ -44,6 +47,8 @@ struct Bench: ParsableCommand {
         let sc = try ScannerBenchmark.run()
         print("  scanned \(fixed(sc.megabytes, 1)) MB (\(sc.commands) commands): \(fixed(sc.scanMBps, 0)) MB/s; plain copy of the same bytes \(fixed(sc.copyMBps, 0)) MB/s; scan/copy \(fixed(sc.scanMBps / sc.copyMBps, 3))")
 
+        try vgpuBenchmarks()
+
         let exe = selfExecutable()
         var args = ["run", "--serial", "none"]
         let hello = image ?? "Guests/build/hello.elf"
@@ -61,6 +66,46 @@ struct Bench: ParsableCommand {
         floor.sort()
         print("  start-to-exit, \(label): median \(fixed(times[times.count / 2] * 1000, 1)) ms, min \(fixed(times[0] * 1000, 1)) ms over \(times.count) runs (target < 20 ms)")
         print("    host floor: a C program creating and destroying the same VM (irqchip, 256 MiB slot, 1 vCPU): median \(fixed(floor[floor.count / 2], 1)) ms")
+    }
+
+    func vgpuBenchmarks() throws {
+        let image = guests + "/vgpu_bench.elf"
+        guard access(image, R_OK) == 0 else {
+            print("vGPU guest benchmarks: skipped, \(image) is missing (build the guests: make -C Guests)")
+            return
+        }
+        print("vGPU, measured by the vgpu_bench guest and by the host in the same run:")
+        let host = GPUHost()
+        let ap = try VGPUBenchmark.runGuest(image, cmdline: "only=aperture", host: host).values
+        if let a = ap["aperture_write_cycles_per_mib"], let r = ap["ram_write_cycles_per_mib"], a > 0 {
+            print("  guest ring-3 writes, \(ap["write_mib"] ?? 0) MiB: aperture \(a) cycles/MiB, ordinary RAM \(r) cycles/MiB; aperture/RAM throughput \(fixed(Double(r) / Double(a), 3)) (target >= 0.95)")
+        }
+        let db = try VGPUBenchmark.runGuest(image, cmdline: "only=doorbells", host: host).values
+        if let pv = db["pv_doorbell_cycles"], let tr = db["trapped_write_cycles"], pv > 0 {
+            print("  doorbell (ioeventfd) \(pv) cycles vs trapped register write \(tr) cycles: \(fixed(Double(tr) / Double(pv), 2))x cheaper")
+        }
+        // Native and mediated runs alternate, `rounds` times each; medians are compared.
+        let n = 512, reps = 8
+        var sgNative: [Double] = [], sgMediated: [Double] = []
+        for _ in 0..<max(rounds, 1) {
+            let sg = try VGPUBenchmark.runGuest(image, cmdline: "only=sgemm sgemm=\(n) reps=\(reps)", host: host)
+            guard let w = sg.window else { throw BenchError.unexpected("no SGEMM submissions seen") }
+            sgMediated.append(VGPUBenchmark.seconds(w))
+            sgNative.append(try VGPUBenchmark.nativeSGEMM(host: host, n: n, reps: reps))
+        }
+        let native = ExitBenchmark.median(sgNative), mediated = ExitBenchmark.median(sgMediated)
+        let gflop = Double(2 * n * n * n * reps) / 1e9
+        print("  SGEMM \(n)^3 x \(reps), median of \(sgNative.count): native \(fixed(native * 1000, 1)) ms (\(fixed(gflop / native, 1)) GFLOPS), through the mediator \(fixed(mediated * 1000, 1)) ms; native/mediated \(fixed(native / mediated, 3)) (target >= 0.98)")
+        let fills = 16384, batch = 256
+        var flNative: [Double] = [], flMediated: [Double] = []
+        for _ in 0..<max(rounds, 1) {
+            let fl = try VGPUBenchmark.runGuest(image, cmdline: "only=fills fills=\(fills) batch=\(batch) singles=0", host: host)
+            guard let w = fl.window else { throw BenchError.unexpected("no fill submissions seen") }
+            flMediated.append(VGPUBenchmark.seconds(w))
+            flNative.append(try VGPUBenchmark.nativeFills(host: host, fills: fills, perBatch: batch))
+        }
+        let fn = ExitBenchmark.median(flNative), fm = ExitBenchmark.median(flMediated)
+        print("  \(fills) 16x16 fills built in guest ring 3, \(batch) per batch, median of \(flNative.count): native \(fixed(fn * 1000, 1)) ms, through the mediator \(fixed(fm * 1000, 1)) ms; native/mediated \(fixed(fn / fm, 3)) (target >= 0.80)")
     }
 
     func selfExecutable() -> String {

@@ -131,7 +131,9 @@ public struct CommandFlags: OptionSet, Sendable {
 }
 
 /// One row of the command table (GVT-g's cmd_info).
-public struct CommandInfo: Sendable {
+/// One command's description. A class: scanners and the executor pass entries around per command, and a
+/// reference costs one retain where a struct of closures would copy them all.
+public final class CommandInfo: Sendable {
     public let kind: CommandKind
     public var name: String { kind.rawValue }
     public let client: CommandClient
@@ -148,6 +150,23 @@ public struct CommandInfo: Sendable {
     public let validate: @Sendable (_ command: [UInt32], _ register: (UInt32) -> UInt32) -> String?
     /// A human-readable layout of the dwords.
     public let layout: String
+
+    public init(kind: CommandKind, client: CommandClient, opcode: UInt32, engines: EngineSet, length: LengthRule,
+                flags: CommandFlags, addresses: [AddressOperand],
+                registerOperands: @escaping @Sendable (_ command: [UInt32]) -> [Int],
+                validate: @escaping @Sendable (_ command: [UInt32], _ register: (UInt32) -> UInt32) -> String?,
+                layout: String) {
+        self.kind = kind
+        self.client = client
+        self.opcode = opcode
+        self.engines = engines
+        self.length = length
+        self.flags = flags
+        self.addresses = addresses
+        self.registerOperands = registerOperands
+        self.validate = validate
+        self.layout = layout
+    }
 
     /// Header with client and opcode set, flags and length clear.
     public var header: UInt32 { CommandHeader.make(client, opcode) }
@@ -326,17 +345,22 @@ public enum CommandTable {
         return satMul(satAdd(satMul(UInt64(rows - 1), UInt64(ld)), UInt64(cols)), 4)
     }
 
-    private static let byKey: [UInt32: CommandInfo] = {
-        var d: [UInt32: CommandInfo] = [:]
-        for e in entries { d[(e.client.rawValue << 16) | e.opcode] = e }
-        return d
+    /// Flat lookup per client, indexed by opcode (MI 64, 2D 128, compute 8192 entries): no hashing per command.
+    private static let byOpcode: [[CommandInfo?]] = {
+        var t: [[CommandInfo?]] = Array(repeating: [], count: 8)
+        t[Int(CommandClient.mi.rawValue)] = Array(repeating: nil, count: 64)
+        t[Int(CommandClient.blitter.rawValue)] = Array(repeating: nil, count: 128)
+        t[Int(CommandClient.compute.rawValue)] = Array(repeating: nil, count: 8192)
+        for e in entries { t[Int(e.client.rawValue)][Int(e.opcode)] = e }
+        return t
     }()
     private static let byKind: [CommandKind: CommandInfo] = Dictionary(uniqueKeysWithValues: entries.map { ($0.kind, $0) })
 
     /// The table entry for a header, or nil for an unknown command.
     public static func decode(_ header: UInt32) -> CommandInfo? {
         guard let op = CommandHeader.opcode(header) else { return nil }
-        return byKey[(CommandHeader.client(header) << 16) | op]
+        let table = byOpcode[Int(CommandHeader.client(header))]
+        return Int(op) < table.count ? table[Int(op)] : nil
     }
 
     public static func info(_ kind: CommandKind) -> CommandInfo { byKind[kind]! }

@@ -406,6 +406,8 @@ private struct ScanRun {
 
     mutating func scanAll(read: GMReader) throws(ScanRejection) {
         var stack = [Frame(buffer: 0, pos: 0, level: 0)]
+        var cmd: [UInt32] = []          // the current command, reused: no allocation per command
+        cmd.reserveCapacity(256)
         while let f = stack.last {
             let top = stack.count - 1
             let b = f.buffer, pos = f.pos, level = f.level
@@ -439,7 +441,8 @@ private struct ScanRun {
                 throw reject(.pastEnd, at, level: level, header: h, operand: UInt64(len) * 4,
                              "\(info.name) needs \(len) dwords, \(count - pos) left before the \(level == 0 ? "tail" : "batch end")")
             }
-            let cmd = Array(copies[b][pos..<(pos + len)])
+            cmd.removeAll(keepingCapacity: true)
+            cmd.append(contentsOf: copies[b][pos..<(pos + len)])
             try checkOperands(info, cmd, at: at, level: level)
 
             switch info.kind {
@@ -511,9 +514,9 @@ private struct ScanRun {
     /// Table-driven checks of one command: operand constraints, address alignment and slices, registers.
     func checkOperands(_ info: CommandInfo, _ cmd: [UInt32], at: UInt64, level: Int) throws(ScanRejection) {
         let h = cmd[0]
-        let loaded = self.loaded
-        let virtualRead = scanner.registerRead
-        let reg: (UInt32) -> UInt32 = { loaded[$0] ?? virtualRead($0) }
+        // Register values for operand rules: loaded earlier in this submission, else the vGPU's. Built as a
+        // non-escaping local function so no closure context is allocated per command.
+        func reg(_ r: UInt32) -> UInt32 { loaded.isEmpty ? scanner.registerRead(r) : (loaded[r] ?? scanner.registerRead(r)) }
 
         if let why = info.validate(cmd, reg) {
             throw reject(.invalidOperand, at, level: level, header: h, operand: invalidOperandValue(info, cmd),

@@ -30,7 +30,6 @@ extension VGPU {
             for e in EngineID.allCases where doorbells[e.rawValue].consume() != nil {
                 fastDoorbell(e)
             }
-            for e in EngineID.allCases { processPending(e) }
             let now = ContinuousClock.now
             if pipeOn && now >= nextVBlank {
                 vblank()
@@ -89,22 +88,51 @@ extension VGPU {
                                                      head: job.head, tail: tail))
                     s.engines[i].scannedTail = tail
                 }
-                control.signal()
+                work[i].signal()
             }
         }
     }
 
-    /// Runs the engine's queued submissions in order (mediator thread).
+    /// An engine's executor thread: sleeps until work is queued, then runs it.
+    func executorLoop(_ e: EngineID) {
+        while isRunning {
+            _ = work[e.rawValue].consume()   // blocks until signalled
+            guard isRunning else { break }
+            processPending(e)
+        }
+    }
+
+    /// Shadow bytes a submission needs: (ring fragment, batches rounded up to pages).
+    static func footprint(_ q: Queued) -> (ring: UInt64, batches: UInt64) {
+        let ring = UInt64(q.submission.buffers.first?.dwords.count ?? 0) * 4
+        let batches = q.submission.buffers.dropFirst().reduce(UInt64(0)) { $0 + ((UInt64($1.dwords.count * 4) + 4095) & ~4095) }
+        return (ring, batches)
+    }
+
+    /// Runs the engine's queued submissions in order (the engine's executor thread). Every submission that
+    /// is queued when the engine becomes free and fits the shadow arena runs in one pass of the physical
+    /// ring, back to back, as GVT-g batches workloads; there is no engine handoff between them.
     func processPending(_ e: EngineID) {
         let i = e.rawValue
+        let batchArea = engineArena(e).bytes - VGPU.shadowRingBytes
         while true {
-            let next = state.withLock { s -> Queued? in
-                guard !s.engines[i].queue.isEmpty, !s.engines[i].executing else { return nil }
+            let group = state.withLock { s -> [Queued] in
+                guard !s.engines[i].queue.isEmpty, !s.engines[i].executing else { return [] }
                 s.engines[i].executing = true
-                return s.engines[i].queue.removeFirst()
+                var g: [Queued] = []
+                var ring: UInt64 = 0, batches: UInt64 = 0
+                while let q = s.engines[i].queue.first {
+                    let f = VGPU.footprint(q)
+                    if !g.isEmpty && (ring + f.ring >= VGPU.shadowRingBytes || batches + f.batches > batchArea) { break }
+                    g.append(q)
+                    s.engines[i].queue.removeFirst()
+                    ring += f.ring
+                    batches += f.batches
+                }
+                return g
             }
-            guard let q = next else { return }
-            execute(e, q.submission, ringStart: UInt64(q.start), ringBytes: q.ringBytes, head: q.head, tail: q.tail)
+            guard !group.isEmpty else { return }
+            execute(e, group)
             activity.withLock { $0.last = ContinuousClock.now }
         }
     }
@@ -131,34 +159,41 @@ extension VGPU {
         raise(VGPURegs.rejected(e) | Interrupt.error(e))
     }
 
-    /// Places the shadow buffers in the arena, runs them on the shared engine, and completes the submission.
-    func execute(_ e: EngineID, _ sub: ScannedSubmission, ringStart: UInt64, ringBytes: UInt32, head: UInt32, tail: UInt32) {
+    /// Places the shadow buffers of `group` in the arena (ring fragments back to back in the physical
+    /// ring, batches after it), runs them in one pass on the shared engine, and completes them.
+    func execute(_ e: EngineID, _ group: [Queued]) {
         let (arenaGM, arenaPtr, arenaBytes) = engineArena(e)
-        var buffers = sub.buffers
-        // Layout: buffer 0 (ring fragment) at the arena start; batches page-aligned after the ring area.
-        var placement = [UInt64](repeating: 0, count: buffers.count)
-        var next = VGPU.shadowRingBytes
-        for b in 1..<max(buffers.count, 1) where b < buffers.count {
-            placement[b] = next
-            next += (UInt64(buffers[b].dwords.count * 4) + 4095) & ~4095
+        var buffers = group.map { $0.submission.buffers }
+        var placement = buffers.map { [UInt64](repeating: 0, count: $0.count) }
+        var ringPos: UInt64 = 0, next = VGPU.shadowRingBytes
+        for s in buffers.indices {
+            for b in buffers[s].indices {
+                let bytes = UInt64(buffers[s][b].dwords.count * 4)
+                if b == 0 { placement[s][b] = ringPos; ringPos += bytes }
+                else { placement[s][b] = next; next += (bytes + 4095) & ~4095 }
+            }
         }
-        let ringFragmentBytes = UInt64(buffers.first?.dwords.count ?? 0) * 4
-        guard next <= arenaBytes, ringFragmentBytes < VGPU.shadowRingBytes else {
+        guard next <= arenaBytes, ringPos < VGPU.shadowRingBytes else {
+            // Only a single submission can be this large (groups are cut to fit): refuse it.
             state.withLock { $0.engines[e.rawValue].executing = false }
-            reject(e, ScanRejection(reason: .tooManyBatches, engine: e, commandGM: ringStart + UInt64(head), level: 0, header: 0, operand: next))
+            let q = group[0]
+            reject(e, ScanRejection(reason: .tooManyBatches, engine: e, commandGM: UInt64(q.start) + UInt64(q.head), level: 0,
+                                    header: 0, operand: next, bufferGM: UInt64(q.start)))
             return
         }
-        for b in buffers.indices {
-            for rel in buffers[b].relocations where rel.target < placement.count && rel.dword + 1 < buffers[b].dwords.count {
-                let gm = arenaGM + placement[rel.target]
-                buffers[b].dwords[rel.dword] = lo(gm)
-                buffers[b].dwords[rel.dword + 1] = hi(gm)
-            }
-            buffers[b].dwords.withUnsafeBytes { src in
-                (arenaPtr + Int(placement[b])).copyMemory(from: src.baseAddress!, byteCount: src.count)
+        for s in buffers.indices {
+            for b in buffers[s].indices {
+                for rel in buffers[s][b].relocations where rel.target < placement[s].count && rel.dword + 1 < buffers[s][b].dwords.count {
+                    let gm = arenaGM + placement[s][rel.target]
+                    buffers[s][b].dwords[rel.dword] = lo(gm)
+                    buffers[s][b].dwords[rel.dword + 1] = hi(gm)
+                }
+                buffers[s][b].dwords.withUnsafeBytes { src in
+                    (arenaPtr + Int(placement[s][b])).copyMemory(from: src.baseAddress!, byteCount: src.count)
+                }
             }
         }
-        submissions.add(1, ordering: .relaxed)
+        submissions.add(UInt64(group.count), ordering: .relaxed)
 
         let gpu = host.gpu
         let engine = gpu.engine(e)
@@ -169,60 +204,69 @@ extension VGPU {
             let userBefore = gpu.interrupts.eventCount(Interrupt.user(e))
             let countBefore = engine.commandsExecuted
             engine.configureRing(start: UInt32(arenaGM), pages: Int(VGPU.shadowRingBytes / 4096))
-            gpu.submit(e, tail: UInt32(ringFragmentBytes))
+            gpu.submit(e, tail: UInt32(ringPos))
             outcome = engine.waitIdle(timeout: 60)
             if case .idle = outcome {} else { engine.reset() }
             userEvents = gpu.interrupts.eventCount(Interrupt.user(e)) &- userBefore
             executed = engine.commandsExecuted &- countBefore
         }
 
-        // Map a shadow GM address back to where the guest wrote the command.
-        func guestAddress(_ x: UInt64) -> UInt64 {
-            if x >= arenaGM && x < arenaGM + ringFragmentBytes {
-                return ringStart + (UInt64(head) + (x - arenaGM)) % UInt64(ringBytes)
+        // Which submission a shadow GM address belongs to, and where the guest wrote that command.
+        func locate(_ x: UInt64) -> (submission: Int, guest: UInt64)? {
+            for s in buffers.indices {
+                let q = group[s]
+                let r0 = arenaGM + placement[s][0], r1 = r0 + UInt64(buffers[s][0].dwords.count * 4)
+                if x >= r0 && x < r1 { return (s, UInt64(q.start) + (UInt64(q.head) + (x - r0)) % UInt64(q.ringBytes)) }
+                for b in buffers[s].indices.dropFirst() {
+                    let b0 = arenaGM + placement[s][b]
+                    if x >= b0 && x < b0 + UInt64(buffers[s][b].dwords.count * 4) { return (s, buffers[s][b].sourceGM + (x - b0)) }
+                }
             }
-            for b in 1..<max(buffers.count, 1) where b < buffers.count {
-                let s = arenaGM + placement[b]
-                if x >= s && x < s + UInt64(buffers[b].dwords.count * 4) { return buffers[b].sourceGM + (x - s) }
-            }
-            return x
+            return nil
         }
 
         var bits: UInt32 = 0
+        var failed: EngineError? = nil
         state.withLock { s in
             let i = e.rawValue
             s.engines[i].executing = false
-            s.engines[i].head = tail
             s.engines[i].commandCount &+= UInt32(truncatingIfNeeded: executed)
+            var completed = group.count
             switch outcome {
             case .idle:
                 bits |= Interrupt.idle(e)
             case .error(let err):
+                failed = err
+                let where_ = locate(err.commandAddress)
+                completed = where_?.submission ?? 0
                 s.engines[i].error = err.code.rawValue
                 s.engines[i].faultAddress = err.faultAddress
-                s.engines[i].errorIP = guestAddress(err.commandAddress)
+                s.engines[i].errorIP = where_?.guest ?? err.commandAddress
                 s.engines[i].queue.removeAll()   // the engine stops: nothing after the failure runs
                 bits |= Interrupt.error(e)
             case .timedOut:
+                completed = 0
                 s.engines[i].error = EngineErrorCode.stepBudgetExceeded.rawValue
                 s.engines[i].queue.removeAll()
                 bits |= Interrupt.error(e)
             }
+            // HEAD: past every submission that completed; at the start of the one that failed.
+            s.engines[i].head = completed == group.count ? group[group.count - 1].tail : group[completed].head
             if userEvents > 0 { bits |= Interrupt.user(e) }
-            for f in sub.flips {
-                if f.plane == 0 {
-                    s.regs[Reg.priSurf] = UInt32(truncatingIfNeeded: f.surface)
-                    s.regs[Reg.priStride] = f.stride
-                    s.armedFlips |= Interrupt.flipDone
-                } else {
-                    s.regs[Reg.curBase] = UInt32(truncatingIfNeeded: f.surface)
-                    s.armedFlips |= Interrupt.cursorFlipDone
+            for q in group.prefix(completed) {
+                for f in q.submission.flips {
+                    if f.plane == 0 {
+                        s.regs[Reg.priSurf] = UInt32(truncatingIfNeeded: f.surface)
+                        s.regs[Reg.priStride] = f.stride
+                        s.armedFlips |= Interrupt.flipDone
+                    } else {
+                        s.regs[Reg.curBase] = UInt32(truncatingIfNeeded: f.surface)
+                        s.armedFlips |= Interrupt.cursorFlipDone
+                    }
                 }
             }
         }
-        if case .error(let err) = outcome {
-            logger.warning("vgpu\(id): \(e) engine error: \(err)")
-        }
+        if let err = failed { logger.warning("vgpu\(id): \(e) engine error: \(err)") }
         if bits != 0 { raise(bits) }
     }
 

@@ -10,9 +10,11 @@ import Synchronization
 /// Threads and ownership:
 /// - vCPU threads call the BAR0 handlers (`read`/`write`) and `configWritten`; all virtual state is in
 ///   `state` (a Mutex) and is never held across a call into the GPU, KVM or another lock;
-/// - the vGPU's mediator thread owns submission: it waits for doorbells (ioeventfds, or the control
-///   eventfd that a trapped TAIL write signals), scans and shadows, runs the shadow copy on the shared
-///   engine while holding that engine's lock in `GPUHost`, and ticks virtual vblanks;
+/// - a doorbell is scanned and shadowed on the thread that rang it: the vCPU thread for a trapped TAIL
+///   write, the mediator thread for a PV doorbell (an ioeventfd it polls); the mediator thread also ticks
+///   virtual vblanks;
+/// - one executor thread per engine runs the accepted shadow submissions in order on the shared engine,
+///   holding that engine's lock in `GPUHost`, so scanning the next submission overlaps running this one;
 /// - interrupts are injected with KVM_SIGNAL_MSI from whichever thread raised them, after the state lock
 ///   is dropped.
 public final class VGPU: PCIFunction, BusDevice, @unchecked Sendable {
@@ -101,7 +103,9 @@ public final class VGPU: PCIFunction, BusDevice, @unchecked Sendable {
     let intxLevel = Mutex<Bool>(false)
     let control: EventFD
     let doorbells: [EventFD]
-    private var thread: pthread_t?
+    /// Wakes an engine's executor thread (blocking eventfds).
+    let work: [EventFD]
+    private var threads: [pthread_t] = []
     let vblankInterval: Duration
 
     /// Creates the vGPU, places it at 00:`slot`.0 on the machine's PCI bus with BAR0 at `bar0` and BAR2 at
@@ -142,6 +146,7 @@ public final class VGPU: PCIFunction, BusDevice, @unchecked Sendable {
 
         control = try EventFD()
         doorbells = [try EventFD(), try EventFD()]
+        work = [try EventFD(nonBlocking: false), try EventFD(nonBlocking: false)]
 
         config = PCIConfigSpace(vendorID: VGPU.vendorID, deviceID: VGPU.deviceID, classCode: 0x03, subclass: 0x80,
                                 subsystemVendorID: VGPU.vendorID, subsystemID: VGPU.deviceID, interruptPin: 1)
@@ -180,7 +185,8 @@ public final class VGPU: PCIFunction, BusDevice, @unchecked Sendable {
         let wasRunning = lifecycle.withLock { r -> Bool in defer { r = false }; return r }
         guard wasRunning else { return }
         control.signal()
-        if let t = thread { pthread_join(t, nil) }
+        for w in work { w.signal() }
+        for t in threads { pthread_join(t, nil) }
         for e in EngineID.allCases {
             host.engineLocks[e.rawValue].withLock { _ = host.gpu.waitIdle(e, timeout: 5) }
         }
@@ -506,9 +512,11 @@ public final class VGPU: PCIFunction, BusDevice, @unchecked Sendable {
     // MARK: mediator thread
 
     private func startMediator() {
-        // The thread holds the vGPU until shutdown() stops it.
-        let ok = OSThread.spawn(name: "vgpu\(id)-mediator") { [self] in self.mediatorLoop() }
-        thread = ok
+        // The threads hold the vGPU until shutdown() stops them.
+        if let t = OSThread.spawn(name: "vgpu\(id)-mediator", { [self] in self.mediatorLoop() }) { threads.append(t) }
+        for e in EngineID.allCases {
+            if let t = OSThread.spawn(name: "vgpu\(id)-\(e)", { [self] in self.executorLoop(e) }) { threads.append(t) }
+        }
     }
 
     var isRunning: Bool { lifecycle.withLock { $0 } }

@@ -32,9 +32,12 @@ struct BootStructureTests {
         #expect(gib == 4)
         #expect(try mem.read(UInt64.self, at: BootLayout.pml4) == BootLayout.pdpt | 7)
         #expect(try mem.read(UInt64.self, at: BootLayout.pdpt + 3 * 8) == (BootLayout.pageDirectories + 3 * 0x1000) | 7)
-        // 3 GiB + 2 MiB: in the MMIO hole, uncached
+        // 3 GiB + 2 MiB: in the MMIO hole (where prefetchable BARs go), write-back
         let pde: UInt64 = try mem.read(at: BootLayout.pageDirectories + 3 * 0x1000 + 8)
-        #expect(pde == (3 << 30 | 2 << 20) | 0x87 | 0x18)
+        #expect(pde == (3 << 30 | 2 << 20) | 0x87)
+        // 0xfee00000 (LAPIC): uncached
+        let lapic: UInt64 = try mem.read(at: BootLayout.pageDirectories + 3 * 0x1000 + 8 * 503)
+        #expect(lapic == 0xfee0_0000 | 0x87 | 0x18)
         #expect(try mem.read(UInt64.self, at: BootLayout.pageDirectories + 8) == (2 << 20) | 0x87)
     }
 

@@ -6,8 +6,9 @@ enum BootStructures {
     }
 
     /// Identity map with 2 MiB pages covering max(4 GiB, top of RAM) rounded up to 1 GiB (at most
-    /// `BootLayout.maxPageDirectories` GiB). Present + writable + user at every level; the MMIO hole is
-    /// mapped uncached. Returns how many GiB are mapped.
+    /// `BootLayout.maxPageDirectories` GiB). Present + writable + user at every level; write-back except
+    /// the top 32 MiB below 4 GiB (IOAPIC, LAPIC), which is uncached. Trapped MMIO behaves the same either
+    /// way; prefetchable BARs such as a GPU aperture must not be uncached. Returns how many GiB are mapped.
     @discardableResult
     static func writePageTables(_ memory: GuestMemory) throws(GuestMemoryError) -> Int {
         let top = max(MemoryLayout.fourGiB, memory.regions.last!.end)
@@ -19,7 +20,7 @@ enum BootStructures {
             try memory.write(pd | 0x7, at: BootLayout.pdpt + UInt64(g) * 8)
             for i in 0..<512 {
                 let address = UInt64(g) << 30 | UInt64(i) << 21
-                let uncached: UInt64 = (address >= MemoryLayout.mmioHoleStart && address < MemoryLayout.fourGiB) ? 0x18 : 0
+                let uncached: UInt64 = (address >= BootLayout.uncachedStart && address < MemoryLayout.fourGiB) ? 0x18 : 0
                 try memory.write(address | 0x87 | uncached, at: pd + UInt64(i) * 8)
             }
         }

@@ -20,6 +20,8 @@ public enum BootLayout {
     public static let bootStackTop: UInt64 = 0x80000
     public static let mpTable: UInt64 = 0x9fc00
     public static let ebdaEnd: UInt64 = 0xa0000
+    /// The identity map marks [uncachedStart, 4 GiB) uncached (IOAPIC at 0xfec00000, LAPIC at 0xfee00000).
+    public static let uncachedStart: UInt64 = 0xFE00_0000
     /// Lowest address an image may load at (everything below belongs to the boot structures).
     public static let imageMinimum: UInt64 = 0x100000
 
