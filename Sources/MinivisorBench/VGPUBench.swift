@@ -13,6 +13,7 @@ public enum VGPUBenchmark {
     public struct GuestRun: Sendable {
         public let values: [String: UInt64]
         public let window: Duration?
+        public let engineBusy: Duration
     }
 
     /// Boots `image` with a vGPU on `host`, with `cmdline`; returns its "bench NAME VALUE" lines.
@@ -34,7 +35,7 @@ public enum VGPUBenchmark {
             let f = line.split(separator: " ")
             if f.count >= 3, let v = UInt64(f[2]) { values[String(f[1])] = v }
         }
-        return GuestRun(values: values, window: vm.vgpu?.activeWindow)
+        return GuestRun(values: values, window: vm.vgpu?.activeWindow, engineBusy: vm.vgpu?.engineBusy ?? .zero)
     }
 
     public static func seconds(_ d: Duration) -> Double {

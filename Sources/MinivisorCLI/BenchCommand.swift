@@ -8,16 +8,17 @@ struct Bench: ParsableCommand {
         abstract: "Measure exit costs against a minimal C KVM loop in the same run, and start-to-exit time.",
         discussion: """
         Each exit workload (trapped port write, trapped MMIO write, ioeventfd doorbell) runs the same guest
-        bytes under minivisor and under a minimal C KVM loop, interleaved; per-iteration cost is the median of
-        (t(2N) - t(N)) / N over the rounds. Start-to-exit spawns 'minivisor run IMAGE --serial none' and times
+        bytes under minivisor and under a minimal C KVM loop, interleaved; per-iteration cost is
+        (min t(2N) - min t(N)) / N over the rounds (noise on a shared host only adds time). vGPU workloads run
+        through the mediator and natively, interleaved; the best of each is compared. Start-to-exit spawns 'minivisor run IMAGE --serial none' and times
         the whole process. Targets: exit handling within 1.15x of the C loop; start-to-exit under 20 ms.
         """)
 
     @Option(help: "Iterations N per measurement (each round also runs 2N).")
     var iterations: UInt32 = 20000
 
-    @Option(help: "Rounds per workload (the median is reported).")
-    var rounds: Int = 5
+    @Option(help: "Interleaved rounds per workload (the minimum of each side is used).")
+    var rounds: Int = 7
 
     @Option(help: "Guest image for the start-to-exit measurement (default: Guests/build/hello.elf, else the built-in demo).")
     var image: String?
@@ -86,26 +87,28 @@ struct Bench: ParsableCommand {
         }
         // Native and mediated runs alternate, `rounds` times each; medians are compared.
         let n = 512, reps = 8
-        var sgNative: [Double] = [], sgMediated: [Double] = []
+        var sgNative: [Double] = [], sgMediated: [Double] = [], sgBusy: [Double] = []
         for _ in 0..<max(rounds, 1) {
             let sg = try VGPUBenchmark.runGuest(image, cmdline: "only=sgemm sgemm=\(n) reps=\(reps)", host: host)
             guard let w = sg.window else { throw BenchError.unexpected("no SGEMM submissions seen") }
             sgMediated.append(VGPUBenchmark.seconds(w))
+            sgBusy.append(VGPUBenchmark.seconds(sg.engineBusy))
             sgNative.append(try VGPUBenchmark.nativeSGEMM(host: host, n: n, reps: reps))
         }
-        let native = ExitBenchmark.median(sgNative), mediated = ExitBenchmark.median(sgMediated)
+        let native = sgNative.min()!, mediated = sgMediated.min()!
         let gflop = Double(2 * n * n * n * reps) / 1e9
-        print("  SGEMM \(n)^3 x \(reps), median of \(sgNative.count): native \(fixed(native * 1000, 1)) ms (\(fixed(gflop / native, 1)) GFLOPS), through the mediator \(fixed(mediated * 1000, 1)) ms; native/mediated \(fixed(native / mediated, 3)) (target >= 0.98)")
+        print("  SGEMM \(n)^3 x \(reps), best of \(sgNative.count): native \(fixed(native * 1000, 1)) ms (\(fixed(gflop / native, 1)) GFLOPS), through the mediator \(fixed(mediated * 1000, 1)) ms (engine busy \(fixed(sgBusy.min()! * 1000, 1)) ms of it); native/mediated \(fixed(native / mediated, 3)) (target >= 0.98)")
         let fills = 16384, batch = 256
-        var flNative: [Double] = [], flMediated: [Double] = []
+        var flNative: [Double] = [], flMediated: [Double] = [], flBusy: [Double] = []
         for _ in 0..<max(rounds, 1) {
             let fl = try VGPUBenchmark.runGuest(image, cmdline: "only=fills fills=\(fills) batch=\(batch) singles=0", host: host)
             guard let w = fl.window else { throw BenchError.unexpected("no fill submissions seen") }
             flMediated.append(VGPUBenchmark.seconds(w))
+            flBusy.append(VGPUBenchmark.seconds(fl.engineBusy))
             flNative.append(try VGPUBenchmark.nativeFills(host: host, fills: fills, perBatch: batch))
         }
-        let fn = ExitBenchmark.median(flNative), fm = ExitBenchmark.median(flMediated)
-        print("  \(fills) 16x16 fills built in guest ring 3, \(batch) per batch, median of \(flNative.count): native \(fixed(fn * 1000, 1)) ms, through the mediator \(fixed(fm * 1000, 1)) ms; native/mediated \(fixed(fn / fm, 3)) (target >= 0.80)")
+        let fn = flNative.min()!, fm = flMediated.min()!
+        print("  \(fills) 16x16 fills built in guest ring 3, \(batch) per batch, best of \(flNative.count): native \(fixed(fn * 1000, 1)) ms, through the mediator \(fixed(fm * 1000, 1)) ms (engine busy \(fixed(flBusy.min()! * 1000, 1)) ms of it); native/mediated \(fixed(fn / fm, 3)) (target >= 0.80)")
     }
 
     func selfExecutable() -> String {

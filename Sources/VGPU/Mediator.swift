@@ -201,6 +201,11 @@ extension VGPU {
         var userEvents: UInt64 = 0
         var executed: UInt64 = 0
         host.engineLocks[e.rawValue].withLock {
+            let t0 = ContinuousClock.now
+            defer {
+                let d = ContinuousClock.now - t0
+                engineNanos.add(UInt64(d.components.seconds) * 1_000_000_000 + UInt64(d.components.attoseconds / 1_000_000_000), ordering: .relaxed)
+            }
             let userBefore = gpu.interrupts.eventCount(Interrupt.user(e))
             let countBefore = engine.commandsExecuted
             engine.configureRing(start: UInt32(arenaGM), pages: Int(VGPU.shadowRingBytes / 4096))

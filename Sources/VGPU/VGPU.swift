@@ -92,6 +92,10 @@ public final class VGPU: PCIFunction, BusDevice, @unchecked Sendable {
     /// When the first submission started being handled and the last one completed (for benchmarks).
     let activity = Mutex<(first: ContinuousClock.Instant?, last: ContinuousClock.Instant?)>((nil, nil))
 
+    /// Time the vGPU's passes held an engine (configure, run, wait), summed.
+    let engineNanos = Atomic<UInt64>(0)
+    public var engineBusy: Duration { .nanoseconds(Int64(engineNanos.load(ordering: .relaxed))) }
+
     /// Wall time from the first doorbell the mediator handled to the last completed submission.
     public var activeWindow: Duration? {
         activity.withLock { a in a.first.flatMap { f in a.last.map { $0 - f } } }
