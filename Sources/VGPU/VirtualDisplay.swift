@@ -2,6 +2,9 @@ import Machine
 import SoftGPU
 
 extension VGPU {
+    /// Largest width or height of a vGPU scanout (larger planes are clipped).
+    public static let maxScanoutDimension = 4096
+
     /// The vGPU's current scanout: its virtual planes composed through the GTT by the GPU's own display
     /// logic, reading nothing outside the vGPU's slices. An empty image when the primary plane is off.
     public func scanout() -> Image {
@@ -12,7 +15,9 @@ extension VGPU {
         }
         guard planes.priCtl & Reg.planeEnable != 0 else { return Image(width: 0, height: 0, pixels: []) }
         let slices = self.slices
-        return DisplayEngine.compose(planes, gtt: host.gpu.gtt, readable: { slices.contains($0, length: $1) })
+        // At most 4096 x 4096 (64 MiB of pixels): a guest must not make the host allocate more per request.
+        return DisplayEngine.compose(planes, gtt: host.gpu.gtt, maxDimension: VGPU.maxScanoutDimension,
+                                     readable: { slices.contains($0, length: $1) })
     }
 }
 
