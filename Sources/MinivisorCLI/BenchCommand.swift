@@ -77,9 +77,18 @@ struct Bench: ParsableCommand {
         }
         print("vGPU, measured by the vgpu_bench guest and by the host in the same run:")
         let host = GPUHost()
-        let ap = try VGPUBenchmark.runGuest(image, cmdline: "only=aperture", host: host).values
-        if let a = ap["aperture_write_cycles_per_mib"], let r = ap["ram_write_cycles_per_mib"], a > 0 {
-            print("  guest ring-3 writes, \(ap["write_mib"] ?? 0) MiB: aperture \(a) cycles/MiB, ordinary RAM \(r) cycles/MiB; aperture/RAM throughput \(fixed(Double(r) / Double(a), 3)) (target >= 0.95)")
+        // Best of three guest runs per side (each run already interleaves ten rounds of both).
+        var apBest = UInt64.max, ramBest = UInt64.max, mib: UInt64 = 0
+        for _ in 0..<3 {
+            let ap = try VGPUBenchmark.runGuest(image, cmdline: "only=aperture", host: host).values
+            if let a = ap["aperture_write_cycles_per_mib"], let r = ap["ram_write_cycles_per_mib"], a > 0, r > 0 {
+                apBest = min(apBest, a)
+                ramBest = min(ramBest, r)
+                mib = ap["write_mib"] ?? 0
+            }
+        }
+        if apBest != .max {
+            print("  guest ring-3 writes, \(mib) MiB, best of 3 runs: aperture \(apBest) cycles/MiB, ordinary RAM \(ramBest) cycles/MiB; aperture/RAM throughput \(fixed(Double(ramBest) / Double(apBest), 3)) (target >= 0.95)")
         }
         let db = try VGPUBenchmark.runGuest(image, cmdline: "only=doorbells", host: host).values
         if let pv = db["pv_doorbell_cycles"], let tr = db["trapped_write_cycles"], pv > 0 {
