@@ -183,6 +183,7 @@ static void bench_doorbells(uint64_t n) {
 #define NBUF 4
 
 struct fill_job {
+    enum vgpu_doorbell doorbell;  /* TAIL: the scan runs on this vCPU; PV: on the mediator thread */
     uint64_t fills, per_batch, single;
     struct vgpu_surface s;
     uint64_t buf_gm[NBUF];
@@ -203,7 +204,7 @@ static void fill_pos(uint64_t i, int *x, int *y) {
 static uint64_t fill_user(uint64_t arg) {
     struct fill_job *j = (struct fill_job *)(uintptr_t)arg;
     const int e = VGPU_BCS;
-    gpu.doorbell = VGPU_DOORBELL_PV;
+    gpu.doorbell = j->doorbell;
     for (int b = 0; b < NBUF; b++) j->buf_seq[b] = 0;
     uint64_t t0 = rdtsc();
     uint64_t i = 0;
@@ -260,12 +261,13 @@ static uint64_t fill_user(uint64_t arg) {
     return 0;
 }
 
-static void bench_fills(uint64_t fills, uint64_t per_batch, uint64_t singles, uint64_t tsc_khz) {
+static void bench_fills(uint64_t fills, uint64_t per_batch, uint64_t singles, enum vgpu_doorbell doorbell, uint64_t tsc_khz) {
     struct fill_job j;
     memset(&j, 0, sizeof j);
     j.fills = fills;
     j.per_batch = per_batch;
     j.single = singles;
+    j.doorbell = doorbell;
     j.batch_bytes = (uint32_t)((per_batch * 8 + 1) * 4 + 4095) & ~4095u;
     uint64_t gm;
     if (!vgpu_gm_alloc_backed(&gpu, VGPU_APERTURE, (uint64_t)FW * FH * 4, &gm)) {
@@ -392,7 +394,9 @@ int main(const struct mv_boot_info *bi) {
     mv_printf("bench tsc_khz %lu kHz\n", khz);
     if (want(bi, "aperture")) bench_aperture(mib, khz);
     if (want(bi, "doorbells")) bench_doorbells(doorbells);
-    if (want(bi, "fills")) bench_fills(fills, per_batch, param(bi, "singles", fills / 16 ? fills / 16 : 1, 0, 1u << 22), khz);
+    if (want(bi, "fills"))
+        bench_fills(fills, per_batch, param(bi, "singles", fills / 16 ? fills / 16 : 1, 0, 1u << 22),
+                    param(bi, "pv", 1, 0, 1) ? VGPU_DOORBELL_PV : VGPU_DOORBELL_TAIL, khz);
     if (want(bi, "sgemm")) bench_sgemm((uint32_t)param(bi, "sgemm", 512, 16, 1024), param(bi, "reps", 8, 1, 1000));
     if (failures) {
         mv_printf("vgpu bench FAIL: %d problem(s)\n", failures);

@@ -110,14 +110,16 @@ struct Bench: ParsableCommand {
         let fills = 16384, batch = 256
         var flNative: [Double] = [], flMediated: [Double] = [], flBusy: [Double] = []
         for _ in 0..<max(rounds, 1) {
-            let fl = try VGPUBenchmark.runGuest(image, cmdline: "only=fills fills=\(fills) batch=\(batch) singles=0", host: host)
+            // Trapped TAIL doorbells: each batch is scanned on the submitting vCPU (which would otherwise spin
+            // waiting for a free buffer), not on a thread competing with the software GPU for a core.
+            let fl = try VGPUBenchmark.runGuest(image, cmdline: "only=fills fills=\(fills) batch=\(batch) singles=0 pv=0", host: host)
             guard let w = fl.window else { throw BenchError.unexpected("no fill submissions seen") }
             flMediated.append(VGPUBenchmark.seconds(w))
             flBusy.append(VGPUBenchmark.seconds(fl.engineBusy))
             flNative.append(try VGPUBenchmark.nativeFills(host: host, fills: fills, perBatch: batch))
         }
         let fn = flNative.min()!, fm = flMediated.min()!
-        print("  \(fills) 16x16 fills built in guest ring 3, \(batch) per batch, best of \(flNative.count): native \(fixed(fn * 1000, 1)) ms, through the mediator \(fixed(fm * 1000, 1)) ms (engine busy \(fixed(flBusy.min()! * 1000, 1)) ms of it); native/mediated \(fixed(fn / fm, 3)) (target >= 0.80)")
+        print("  \(fills) 16x16 fills built in guest ring 3, \(batch) per batch (TAIL doorbell), best of \(flNative.count): native \(fixed(fn * 1000, 1)) ms, through the mediator \(fixed(fm * 1000, 1)) ms (engine busy \(fixed(flBusy.min()! * 1000, 1)) ms of it); native/mediated \(fixed(fn / fm, 3)) (target >= 0.80)")
     }
 
     func selfExecutable() -> String {
