@@ -83,7 +83,8 @@ public final class SystemMemory: @unchecked Sendable {
 
     public init() {
         var p: UnsafeMutableRawPointer?
-        precondition(posix_memalign(&p, 4096, 4096) == 0 && p != nil, "SoftGPU: cannot allocate the scratch page")
+        let allocated = posix_memalign(&p, 4096, 4096)
+        precondition(allocated == 0 && p != nil, "SoftGPU: cannot allocate the scratch page")
         memset(p!, 0, 4096)
         scratch = p!
         try! register(base: Self.scratchPageAddress, length: Self.pageSize, pointer: scratch, name: "scratch")
