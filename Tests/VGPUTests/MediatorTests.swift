@@ -306,6 +306,59 @@ struct MediatorTests {
         #expect(!rig.vgpu.intxLevel.withLock { $0 })
     }
 
+    @Test func randomGuestAccessesAreHarmless() throws {
+        // A deterministic storm of BAR0 and configuration-space accesses of every size, biased toward the
+        // registers that do something; afterwards the device still answers and still runs a submission.
+        let rig = try Rig()
+        var rng = SystemRandomNumberGenerator64(seed: 0x5eed)
+        let interesting: [UInt32] = [Reg.ringTail(.rcs), Reg.ringHead(.rcs), Reg.ringStart(.rcs), Reg.ringCtl(.rcs),
+                                     Reg.reset(.rcs), Reg.ringTail(.bcs), Reg.ringCtl(.bcs), Reg.reset(.bcs), Reg.iir,
+                                     Reg.ier, Reg.imr, Reg.pipeConf, Reg.priSurf, Reg.priSize, Reg.priCtl,
+                                     VGPURegs.pvSharedPage, VGPURegs.pvDoorbellRCS, VGPURegs.errStatus]
+        let s = rig.vgpu.slices
+        for i in 0..<20000 {
+            let size = [1, 2, 4, 8][Int(rng.next() % 4)]
+            var offset: UInt64
+            switch rng.next() % 4 {
+            case 0: offset = UInt64(interesting[Int(rng.next() % UInt64(interesting.count))])
+            case 1: offset = VGPURegs.gttWindow + (rng.next() % (1 << 23))
+            case 2: offset = rng.next() % VGPURegs.bar0Size
+            default: offset = VGPURegs.gttWindow + ((s.aperture.lowerBound >> 12) + rng.next() % 64) * 8
+            }
+            var value = rng.next()
+            if rng.next() % 3 == 0 { value = (value & 0x3ff_f000) | 1 }   // plausible GTT entries / addresses
+            if rng.next() % 2 == 0 {
+                withUnsafeBytes(of: &value) { rig.vgpu.write(offset: offset, data: UnsafeRawBufferPointer(rebasing: $0.prefix(size))) }
+            } else {
+                var out: UInt64 = 0
+                withUnsafeMutableBytes(of: &out) { rig.vgpu.read(offset: offset, data: UnsafeMutableRawBufferPointer(rebasing: $0.prefix(size))) }
+            }
+            if i % 500 == 0 {   // configuration space too (BAR moves, MSI, command register)
+                let off = Int(rng.next() % 256)
+                rig.vgpu.config.write(offset: off & ~3, size: 4, value: UInt32(truncatingIfNeeded: rng.next()))
+                rig.vgpu.configWritten(offset: off & ~3, size: 4)
+            }
+        }
+        // Put the device back where the test expects it and check it still works.
+        rig.vgpu.config.setBarAddress(0, VGPU.defaultBAR0)
+        rig.vgpu.config.setBarAddress(2, VGPU.defaultBAR2)
+        rig.vgpu.config.write(offset: 4, size: 2, value: 0x6)
+        rig.vgpu.configWritten(offset: 4, size: 2)
+        #expect(rig.r32(VGPURegs.pvMagic) == VGPURegs.pvMagicValue)
+        for e in EngineID.allCases { rig.w32(Reg.reset(e), 1) }
+        let deadline = ContinuousClock.now + .seconds(20)
+        while rig.r32(Reg.status(.rcs)) & Reg.statusBusy != 0 && ContinuousClock.now < deadline { usleep(1000) }
+        rig.w32(Reg.reset(.rcs), 1)
+        rig.w32(VGPURegs.errStatus, 1)
+        let ring = rig.setUpRing(.rcs, gm: s.aperture.lowerBound + 0x80000)
+        let fence = s.hidden.lowerBound + 0x300000
+        let fenceGPA = rig.back(gm: fence, pages: 1)
+        var b = CommandBuilder()
+        b.storeDataImm(gm: fence, 0x600d)
+        try rig.submit(.rcs, ringGPA: ring, at: 0, b.dwords)
+        #expect(try rig.machine.memory.read(UInt32.self, at: fenceGPA) == 0x600d)
+    }
+
     @Test func scanoutAndPNG() throws {
         let rig = try Rig()
         let s = rig.vgpu.slices
@@ -333,5 +386,18 @@ struct MediatorTests {
         #expect(png.width == 64 && png.height == 128)
         #expect(Array(buf[0..<3]) == [0xff, 0, 0])
         #expect(Array(buf[(127 * 64 + 63) * 3..<(127 * 64 + 64) * 3]) == [0, 0, 0xff])
+    }
+}
+
+/// A small deterministic generator (splitmix64) for reproducible random tests.
+struct SystemRandomNumberGenerator64: RandomNumberGenerator {
+    var state: UInt64
+    init(seed: UInt64) { state = seed }
+    mutating func next() -> UInt64 {
+        state &+= 0x9e37_79b9_7f4a_7c15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xbf58_476d_1ce4_e5b9
+        z = (z ^ (z >> 27)) &* 0x94d0_49bb_1331_11eb
+        return z ^ (z >> 31)
     }
 }
