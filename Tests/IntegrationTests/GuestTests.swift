@@ -143,6 +143,21 @@ struct LifecycleTests {
         #expect(reason.exitStatus == 8)
     }
 
+    /// A third-party multiboot kernel, unchanged: GRUB Invaders (Debian's grub-invaders). It has no exit, so
+    /// it runs until the timeout; it must not fault, and its text screen must show in VGA memory.
+    @Test(.enabled(if: access("/boot/invaders.exec", R_OK) == 0, "needs /boot/invaders.exec (apt-get install grub-invaders)"))
+    func grubInvadersRunsUnchanged() throws {
+        let (reason, _, machine) = try Support.boot(.file("/boot/invaders.exec"), timeout: .seconds(2))
+        #expect(reason == .timeout)
+        #expect(machine.hasPIT)
+        let text = try machine.memory.readBytes(at: 0xb8000, count: 80 * 25 * 2)
+        let chars = stride(from: 0, to: text.count, by: 2).map { text[$0] }
+        let printable = chars.filter { $0 > 0x20 && $0 < 0x7f }.count
+        #expect(printable > 20, "VGA text memory holds \(printable) printable characters")
+        print("grub-invaders screen: " + String(decoding: chars.map { $0 >= 0x20 && $0 < 0x7f ? $0 : 0x20 }, as: UTF8.self)
+            .split(separator: " ", omittingEmptySubsequences: true).prefix(12).joined(separator: " "))
+    }
+
     @Test func vmResourcesAreReleased() throws {
         // Build and run many VMs; the KVM VM descriptors in this process must not grow with them. A leak
         // leaves one per VM (40 here); other suites running in parallel hold at most a few live VMs.
