@@ -92,7 +92,7 @@ static void bench_aperture(uint64_t mib, uint64_t tsc_khz) {
     /* Interleave aperture and RAM rounds so both see the same host conditions; keep the best of each. */
     struct write_job ja = { ap, bytes, 2, 0 }, jr = { ram, bytes, 2, 0 };
     uint64_t best_a = ~0ull, best_r = ~0ull;
-    for (int round = 0; round < 10; round++) {
+    for (int round = 0; round < 30; round++) {
         mv_run_user(write_user, (uint64_t)(uintptr_t)&ja);
         mv_run_user(write_user, (uint64_t)(uintptr_t)&jr);
         if (ja.best < best_a) best_a = ja.best;

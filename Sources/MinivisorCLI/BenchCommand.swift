@@ -77,7 +77,7 @@ struct Bench: ParsableCommand {
         }
         print("vGPU, measured by the vgpu_bench guest and by the host in the same run:")
         let host = GPUHost()
-        // Best of three guest runs per side (each run already interleaves ten rounds of both).
+        // Best of three guest runs per side (each run already interleaves thirty rounds of both).
         var apBest = UInt64.max, ramBest = UInt64.max, mib: UInt64 = 0
         for _ in 0..<3 {
             let ap = try VGPUBenchmark.runGuest(image, cmdline: "only=aperture", host: host).values
