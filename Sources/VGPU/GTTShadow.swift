@@ -6,7 +6,6 @@ import Synchronization
 /// uses (bus addresses). Entries outside the vGPU's slices are dropped and read as 0; entries naming
 /// anything but guest RAM shadow to the scratch page. Called on vCPU threads; state behind a Mutex.
 final class GTTShadow: @unchecked Sendable {
-    static let flagBits: UInt64 = 0xfff & ~UInt64(0)   // bits 11:0 pass through (valid, read-only, cache)
     static let addressMask: UInt64 = 0x000f_ffff_ffff_f000
 
     let slices: GMSlices

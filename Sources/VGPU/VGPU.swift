@@ -87,7 +87,6 @@ public final class VGPU: PCIFunction, BusDevice, @unchecked Sendable {
     let refusedAddressWrites = Atomic<UInt64>(0)
     let submissions = Atomic<UInt64>(0)
     let rejections = Atomic<UInt64>(0)
-    let unbackedApertureAccesses = Atomic<UInt64>(0)
 
     /// When the first submission started being handled and the last one completed (for benchmarks).
     let activity = Mutex<(first: ContinuousClock.Instant?, last: ContinuousClock.Instant?)>((nil, nil))
@@ -223,13 +222,7 @@ public final class VGPU: PCIFunction, BusDevice, @unchecked Sendable {
             return o
         }
         if old0 != want0 {
-            if let o = old0 {
-                machine.mmioBus.unregister(base: o)
-                for e in EngineID.allCases {
-                    try? kvm.registerIOEventFD(doorbells[e.rawValue].fd, address: o + UInt64(VGPURegs.pvDoorbell(e)),
-                                                      length: 4, deassign: true)
-                }
-            }
+            if let o = old0 { unplaceBAR0(o, on: machine) }
             if let n = want0 {
                 do {
                     try machine.mmioBus.register(self, base: n, size: VGPURegs.bar0Size, name: "vgpu\(id)-bar0")
@@ -237,7 +230,9 @@ public final class VGPU: PCIFunction, BusDevice, @unchecked Sendable {
                         try kvm.registerIOEventFD(doorbells[e.rawValue].fd, address: n + UInt64(VGPURegs.pvDoorbell(e)), length: 4)
                     }
                 } catch {
+                    // Roll back whatever part succeeded, so a later move starts from nothing placed.
                     logger.warning("vgpu\(id): cannot place BAR0 at 0x\(String(n, radix: 16)): \(error)")
+                    unplaceBAR0(n, on: machine)
                     state.withLock { $0.bar0 = nil }
                 }
             }
@@ -256,6 +251,17 @@ public final class VGPU: PCIFunction, BusDevice, @unchecked Sendable {
                     state.withLock { $0.bar2 = nil }
                 }
             }
+        }
+    }
+
+    /// Removes BAR0's bus registration and doorbell ioeventfds at `base` (those not present are skipped).
+    private func unplaceBAR0(_ base: UInt64, on machine: Machine) {
+        if machine.mmioBus.registrations.contains(where: { $0.base == base && $0.device === self }) {
+            machine.mmioBus.unregister(base: base)
+        }
+        for e in EngineID.allCases {
+            try? kvm.registerIOEventFD(doorbells[e.rawValue].fd, address: base + UInt64(VGPURegs.pvDoorbell(e)),
+                                       length: 4, deassign: true)
         }
     }
 

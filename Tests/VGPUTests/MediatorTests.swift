@@ -277,6 +277,31 @@ struct MediatorTests {
         #expect(try a.machine.memory.read(UInt32.self, at: aGPA) == 7)
     }
 
+    @Test func failedBAR0PlacementLeavesNothingBehind() throws {
+        let rig = try Rig()
+        // Something else already owns the BCS doorbell address at the new place: BAR0 cannot go there.
+        let blocked: UInt64 = 0xE100_0000
+        let other = try EventFD()
+        try rig.machine.vm.registerIOEventFD(other.fd, address: blocked + UInt64(VGPURegs.pvDoorbellBCS), length: 4)
+        func moveBAR0(_ base: UInt64) {
+            rig.vgpu.config.write(offset: 0x10, size: 4, value: UInt32(base))
+            rig.vgpu.configWritten(offset: 0x10, size: 4)
+        }
+        moveBAR0(blocked)
+        #expect(!rig.machine.mmioBus.registrations.contains { $0.base == blocked })
+        #expect(!rig.machine.mmioBus.registrations.contains { $0.name.hasSuffix("-bar0") })
+        // The next move places it cleanly, doorbells included (registering them again would fail if stale).
+        let fine: UInt64 = 0xE200_0000
+        moveBAR0(fine)
+        #expect(rig.machine.mmioBus.registrations.contains { $0.base == fine })
+        var v: UInt32 = 0
+        withUnsafeMutableBytes(of: &v) { _ = rig.machine.mmioBus.read(fine + UInt64(VGPURegs.pvMagic), $0) }
+        #expect(v == VGPURegs.pvMagicValue)
+        moveBAR0(blocked)
+        moveBAR0(fine)
+        #expect(rig.machine.mmioBus.registrations.filter { $0.name.hasSuffix("-bar0") }.count == 1)
+    }
+
     @Test func intxFallbackIsRoutedAndLevelTriggered() throws {
         let rig = try Rig()
         let gsi = rig.vgpu.config.read(offset: 0x3c, size: 1)
