@@ -26,10 +26,6 @@ public enum ExitBenchmark {
     /// 0 to the debug-exit port. The C baseline loads the same bytes at 1 MiB.
     public static func guestImage(_ w: Workload, iterations: UInt32) -> (bytes: [UInt8], entry: UInt32) {
         func le(_ v: UInt32) -> [UInt8] { (0..<4).map { UInt8(truncatingIfNeeded: v >> (8 * UInt32($0))) } }
-        let flags: UInt32 = 1 << 16
-        let entry = loadAddress + 32
-        var header = le(BootMagic.multibootHeader) + le(flags) + le(0 &- (BootMagic.multibootHeader &+ flags))
-        header += le(loadAddress) + le(loadAddress) + le(0) + le(0) + le(entry)
         var code: [UInt8] = [0xb9] + le(iterations)                 // mov ecx, N
         switch w {
         case .portWrite:
@@ -41,7 +37,7 @@ public enum ExitBenchmark {
         }
         code += [0xba] + le(0xf4) + [0xb0, 0x00, 0xee]              // mov edx, 0xf4; mov al, 0; out dx, al
         code += [0xfa, 0xf4, 0xeb, 0xfc]                            // cli; hlt; jmp
-        return (header + code, entry)
+        return MultibootHeader.aoutImage(code: code, loadAddress: loadAddress)
     }
 
     /// A device that accepts anything, for the trapped port and MMIO workloads.

@@ -103,10 +103,5 @@ enum Support {
     static func tempPath(_ name: String) -> String { "/tmp/minivisor-it-\(getpid())-\(name)" }
 
     /// A multiboot image (a.out kludge) whose 32-bit code is `code`, loaded at 1 MiB.
-    static func multibootBlob(_ code: [UInt8]) -> [UInt8] {
-        func le(_ v: UInt32) -> [UInt8] { (0..<4).map { UInt8(truncatingIfNeeded: v >> (8 * UInt32($0))) } }
-        let magic: UInt32 = 0x1BADB002, flags: UInt32 = 1 << 16
-        return le(magic) + le(flags) + le(0 &- (magic &+ flags)) + le(0x100000) + le(0x100000) + le(0) + le(0) + le(0x100020)
-            + [UInt8](repeating: 0, count: 0) + code
-    }
+    static func multibootBlob(_ code: [UInt8]) -> [UInt8] { MultibootHeader.aoutImage(code: code).bytes }
 }

@@ -161,6 +161,17 @@ struct LoaderTests {
         #expect(found?.fileOffset == 4)
     }
 
+    @Test func aoutImageEncoderRoundTrips() throws {
+        let (bytes, entry) = MultibootHeader.aoutImage(code: code, loadAddress: 0x200000)
+        let header = try #require(try MultibootHeader.find(in: bytes, name: "k"))
+        let (segments, parsedEntry) = try header.aoutLayout(fileSize: bytes.count, name: "k")
+        #expect(parsedEntry == UInt64(entry) && entry == 0x200020)
+        #expect(segments == [LoadSegment(physicalAddress: 0x200000, fileOffset: 0, fileSize: UInt64(bytes.count), memorySize: UInt64(bytes.count))])
+        let mem = try memory()
+        #expect(try load(bytes, mem: mem).entry == .multiboot(eip: 0x200020))
+        #expect(try mem.readBytes(at: 0x200020, count: 3) == code)
+    }
+
     @Test func multibootAOutRejectsBadAddresses() throws {
         let h = multibootHeader(flags: 0x10000, aout: (0x100000, 0x100000, 0x200000, 0, 0x100020))   // load_end past file
         #expect(throws: ImageError.self) { try load(h + [UInt8](repeating: 0, count: 64)) }

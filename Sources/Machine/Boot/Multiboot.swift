@@ -71,6 +71,20 @@ public struct MultibootHeader: Equatable, Sendable {
     }
 }
 
+extension MultibootHeader {
+    /// A minimal multiboot kernel using the a.out kludge: a 32-byte header at file offset 0, the image loaded
+    /// at `loadAddress`, entered right after the header in 32-bit protected mode. For benchmarks and tests
+    /// that need to run raw 32-bit code through the ordinary boot path.
+    public static func aoutImage(code: [UInt8], loadAddress: UInt32 = 0x10_0000) -> (bytes: [UInt8], entry: UInt32) {
+        func le(_ v: UInt32) -> [UInt8] { (0..<4).map { UInt8(truncatingIfNeeded: v >> (8 * UInt32($0))) } }
+        let magic = BootMagic.multibootHeader, flags = flagAOutKludge
+        let entry = loadAddress + 32
+        let header = le(magic) + le(flags) + le(0 &- (magic &+ flags))
+            + le(loadAddress) + le(loadAddress) + le(0) + le(0) + le(entry)   // header, load, load_end, bss_end, entry
+        return (header + code, entry)
+    }
+}
+
 /// Builds the multiboot information structure at BootLayout.bootInfo.
 struct MultibootInfoWriter {
     static let flagMemory: UInt32 = 1 << 0

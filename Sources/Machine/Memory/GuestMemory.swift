@@ -137,6 +137,11 @@ public final class GuestMemory: @unchecked Sendable {
 
     public func write(bytes: some Collection<UInt8>, at address: UInt64) throws(GuestMemoryError) {
         let p = try pointer(address, length: UInt64(bytes.count))
+        // Contiguous storage (arrays: images, modules) is copied in one go; anything else byte by byte.
+        let copied: Void? = bytes.withContiguousStorageIfAvailable { src in
+            if let base = src.baseAddress { p.copyMemory(from: base, byteCount: src.count) }
+        }
+        guard copied == nil else { return }
         var i = 0
         for b in bytes { p.storeBytes(of: b, toByteOffset: i, as: UInt8.self); i += 1 }
     }
