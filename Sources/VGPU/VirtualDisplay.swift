@@ -21,7 +21,9 @@ extension VGPU {
     }
 }
 
-/// The screenshot request port (0xf5): any write asks the VMM to save the current scanout.
+/// The screenshot request port (0xf5): any write asks the VMM to save the current scanout. The action runs
+/// on the vCPU thread that wrote, on purpose: the guest waits, so the picture is exactly the state it asked
+/// for (a debugging aid, not a fast path).
 public final class ScreenshotPort: BusDevice {
     public static let port: UInt64 = 0xf5
     private let action: @Sendable () -> Void

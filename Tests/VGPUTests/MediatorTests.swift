@@ -82,6 +82,17 @@ final class Rig {
         Issue.record("submission on \(e) did not complete")
         return tail
     }
+
+    /// Programs an RCS ring at `ringGM`, submits STORE_DATA_IMM of `value` to a fresh page at `fenceGM`, and
+    /// returns what guest RAM behind that page holds afterwards.
+    func storeThroughRCS(ringGM: UInt64, fenceGM: UInt64, value: UInt32) throws -> UInt32 {
+        let ring = setUpRing(.rcs, gm: ringGM)
+        let fenceGPA = back(gm: fenceGM, pages: 1)
+        var b = CommandBuilder()
+        b.storeDataImm(gm: fenceGM, value)
+        try submit(.rcs, ringGPA: ring, at: 0, b.dwords)
+        return try machine.memory.read(UInt32.self, at: fenceGPA)
+    }
 }
 
 @Suite("vGPU mediator, driven from the host (needs /dev/kvm)", .serialized, .enabled(if: KVMSystem.isAvailable, "needs read-write /dev/kvm"))
@@ -220,13 +231,8 @@ struct MediatorTests {
         rig.w32(Reg.reset(.rcs), 1)
         rig.w32(VGPURegs.errStatus, 1)
         #expect(rig.r32(Reg.status(.rcs)) & Reg.statusError == 0)
-        let ring2 = rig.setUpRing(.rcs, gm: s.aperture.lowerBound + 0x10000)
-        let fence = s.hidden.lowerBound + 0x100000
-        let fenceGPA = rig.back(gm: fence, pages: 1)
-        var good = CommandBuilder()
-        good.storeDataImm(gm: fence, 0xabcd)
-        try rig.submit(.rcs, ringGPA: ring2, at: 0, good.dwords)
-        #expect(try rig.machine.memory.read(UInt32.self, at: fenceGPA) == 0xabcd)
+        #expect(try rig.storeThroughRCS(ringGM: s.aperture.lowerBound + 0x10000, fenceGM: s.hidden.lowerBound + 0x100000,
+                                        value: 0xabcd) == 0xabcd)
         #expect(rig.r32(VGPURegs.errStatus) == 0)
     }
 
@@ -375,13 +381,8 @@ struct MediatorTests {
         while rig.r32(Reg.status(.rcs)) & Reg.statusBusy != 0 && ContinuousClock.now < deadline { usleep(1000) }
         rig.w32(Reg.reset(.rcs), 1)
         rig.w32(VGPURegs.errStatus, 1)
-        let ring = rig.setUpRing(.rcs, gm: s.aperture.lowerBound + 0x80000)
-        let fence = s.hidden.lowerBound + 0x300000
-        let fenceGPA = rig.back(gm: fence, pages: 1)
-        var b = CommandBuilder()
-        b.storeDataImm(gm: fence, 0x600d)
-        try rig.submit(.rcs, ringGPA: ring, at: 0, b.dwords)
-        #expect(try rig.machine.memory.read(UInt32.self, at: fenceGPA) == 0x600d)
+        #expect(try rig.storeThroughRCS(ringGM: s.aperture.lowerBound + 0x80000, fenceGM: s.hidden.lowerBound + 0x300000,
+                                        value: 0x600d) == 0x600d)
     }
 
     @Test func scanoutAndPNG() throws {
