@@ -59,9 +59,10 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
         ]),
 
-        .testTarget(name: "MachineTests", dependencies: ["Machine", "KVM"]),
+        .testTarget(name: "MachineTests", dependencies: ["Machine", "KVM", .product(name: "Logging", package: "swift-log")]),
         .testTarget(name: "SoftGPUTests", dependencies: ["SoftGPU"]),
-        .testTarget(name: "VGPUTests", dependencies: ["VGPU", "SoftGPU", "Machine", "KVM", "CLibpng"]),
+        .testTarget(name: "VGPUTests", dependencies: ["VGPU", "SoftGPU", "Machine", "KVM", "CLibpng",
+                                                 .product(name: "Logging", package: "swift-log")]),
         .testTarget(name: "IntegrationTests", dependencies: ["Minivisor", "Machine", "MinivisorCLI", "CLibpng"]),
     ]
 )
