@@ -38,11 +38,15 @@ public final class VirtualMachine: Sendable {
     public let vgpu: VGPU?
     let screenshotPath: String?
     let logger: Logger
+    /// Screenshot failures: the guest asks for screenshots (port 0xf5), so these lines are rate-limited.
+    let screenshotLog: RateLimitedLog
 
     public init(image: BootImage, configuration: MachineConfiguration, vgpu options: VGPUOptions? = nil,
                 logger: Logger = Logger(label: "minivisor")) throws {
         machine = try Machine(configuration: configuration, image: image, logger: logger)
         self.logger = logger
+        let screenshotLog = RateLimitedLog(logger: logger, source: "screenshot")
+        self.screenshotLog = screenshotLog
         screenshotPath = options?.screenshotPath
         if let o = options {
             let v = try VGPU(machine: machine, host: o.host ?? GPUHost.shared, refreshRate: o.refreshRate, logger: logger)
@@ -50,7 +54,7 @@ public final class VirtualMachine: Sendable {
             let path = o.screenshotPath
             try machine.pioBus.register(ScreenshotPort { [weak v] in
                 guard let v, let path else { return }
-                do { try PNGWriter.write(v.scanout(), to: path) } catch { logger.warning("\(error)") }
+                do { try PNGWriter.write(v.scanout(), to: path) } catch { screenshotLog.log(.warning, "write failure", "\(error)") }
             }, base: ScreenshotPort.port, size: 1, name: "screenshot")
         } else {
             vgpu = nil
@@ -67,11 +71,12 @@ public final class VirtualMachine: Sendable {
             if let path = screenshotPath {
                 let image = v.scanout()
                 if image.width > 0 {
-                    do { try PNGWriter.write(image, to: path) } catch { logger.warning("\(error)") }
+                    do { try PNGWriter.write(image, to: path) } catch { screenshotLog.log(.warning, "write failure", "\(error)") }
                 }
             }
             v.shutdown()
         }
+        screenshotLog.flush()
         return reason
     }
 

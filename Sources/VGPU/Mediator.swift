@@ -44,7 +44,7 @@ extension VGPU {
     func fastDoorbell(_ e: EngineID) {
         let page = state.withLock { $0.sharedPage }
         guard page != 0, let tail: UInt32 = try? memory.read(at: page + 8 * UInt64(e.rawValue)) else {
-            logger.debug("vgpu\(id): \(e) doorbell without a shared page")
+            log.log(.debug, "doorbell without a shared page", "vgpu\(id): \(e) doorbell without a shared page")
             return
         }
         state.withLock { $0.engines[e.rawValue].tail = tail }
@@ -140,7 +140,7 @@ extension VGPU {
     /// Records a rejected submission in the error block and the engine's virtual state, and tells the guest.
     func reject(_ e: EngineID, _ r: ScanRejection) {
         rejections.add(1, ordering: .relaxed)
-        logger.warning("vgpu\(id): rejected \(e) submission: \(r)")
+        log.log(.warning, "rejected \(e) submission", "vgpu\(id): rejected \(e) submission: \(r)")
         state.withLock { s in
             let i = e.rawValue
             s.engines[i].error = VGPURegs.rejectedErrorBase + r.reason.rawValue
@@ -271,7 +271,7 @@ extension VGPU {
                 }
             }
         }
-        if let err = failed { logger.warning("vgpu\(id): \(e) engine error: \(err)") }
+        if let err = failed { log.log(.warning, "\(e) engine error", "vgpu\(id): \(e) engine error: \(err)") }
         if bits != 0 { raise(bits) }
     }
 

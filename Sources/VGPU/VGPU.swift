@@ -10,6 +10,7 @@ import Synchronization
 /// Threads and ownership:
 /// - vCPU threads call the BAR0 handlers (`read`/`write`) and `configWritten`; all virtual state is in
 ///   `state` (a Mutex) and is never held across a call into the GPU, KVM or another lock;
+/// - every log line a guest can cause goes through `log` (rate-limited per kind, `RateLimitedLog`);
 /// - a doorbell is scanned and shadowed on the thread that rang it: the vCPU thread for a trapped TAIL
 ///   write, the mediator thread for a PV doorbell (an ioeventfd it polls); the mediator thread also ticks
 ///   virtual vblanks;
@@ -34,6 +35,8 @@ public final class VGPU: PCIFunction, BusDevice, @unchecked Sendable {
     weak let machine: Machine?
     let gtt: GTTShadow
     let logger: Logger
+    /// Lines the guest can cause (placement failures, refusals, rejections): rate-limited per kind.
+    let log: RateLimitedLog
     let apertureSize: UInt64
     let arena: HostBuffer
     let busBase: UInt64
@@ -122,6 +125,7 @@ public final class VGPU: PCIFunction, BusDevice, @unchecked Sendable {
         self.logger = logger
         let (id, slices) = try host.allocate()
         self.id = id
+        log = RateLimitedLog(logger: logger, source: "vgpu\(id)")
         self.slices = slices
         apertureSize = host.gpu.config.apertureSize
         vblankInterval = .nanoseconds(Int64(1e9 / max(refreshRate, 1)))
@@ -197,6 +201,7 @@ public final class VGPU: PCIFunction, BusDevice, @unchecked Sendable {
         _ = host.gpu.systemMemory.unregister(base: busBase)
         arena.release()
         host.release(id: id)
+        log.flush()
     }
 
     // MARK: PCI
@@ -231,7 +236,7 @@ public final class VGPU: PCIFunction, BusDevice, @unchecked Sendable {
                     }
                 } catch {
                     // Roll back whatever part succeeded, so a later move starts from nothing placed.
-                    logger.warning("vgpu\(id): cannot place BAR0 at 0x\(String(n, radix: 16)): \(error)")
+                    log.log(.warning, "BAR0 placement failure", "vgpu\(id): cannot place BAR0 at 0x\(String(n, radix: 16)): \(error)")
                     unplaceBAR0(n, on: machine)
                     state.withLock { $0.bar0 = nil }
                 }
@@ -247,7 +252,7 @@ public final class VGPU: PCIFunction, BusDevice, @unchecked Sendable {
                     try kvm.setUserMemoryRegion(slot: apertureSlot, guestPhysicalAddress: n + sliceOffset,
                                                        size: UInt64(slices.aperture.count), userAddress: apertureWindow)
                 } catch {
-                    logger.warning("vgpu\(id): cannot map the aperture at 0x\(String(n, radix: 16)): \(error)")
+                    log.log(.warning, "aperture mapping failure", "vgpu\(id): cannot map the aperture at 0x\(String(n, radix: 16)): \(error)")
                     state.withLock { $0.bar2 = nil }
                 }
             }
@@ -389,14 +394,16 @@ public final class VGPU: PCIFunction, BusDevice, @unchecked Sendable {
         switch policy {
         case .privileged:
             privilegedWrites.add(1, ordering: .relaxed)
-            logger.debug("vgpu\(id): dropped write 0x\(String(value, radix: 16)) to privileged register 0x\(String(r, radix: 16))")
+            log.log(.debug, "privileged register write",
+                    "vgpu\(id): dropped write 0x\(String(value, radix: 16)) to privileged register 0x\(String(r, radix: 16))")
             return
         case .readOnly:
             return
         case .gmAddress:
             guard value & 0xfff == 0, slices.contains(UInt64(value), length: 4096) else {
                 refusedAddressWrites.add(1, ordering: .relaxed)
-                logger.debug("vgpu\(id): refused GM address 0x\(String(value, radix: 16)) for register 0x\(String(r, radix: 16))")
+                log.log(.debug, "refused GM address",
+                        "vgpu\(id): refused GM address 0x\(String(value, radix: 16)) for register 0x\(String(r, radix: 16))")
                 return
             }
         default: break

@@ -24,8 +24,11 @@ public enum BusError: Error, CustomStringConvertible, Equatable {
 }
 
 /// Dispatches accesses by address range to `BusDevice`s. Ranges never overlap (registration refuses
-/// overlaps). Unclaimed reads return all ones and unclaimed writes are dropped; both are counted and logged
-/// at debug level. Registration may happen while vCPUs run (PCI BAR moves); the table is behind a Mutex.
+/// overlaps). Unclaimed reads return all ones and unclaimed writes are dropped; every one is counted, and
+/// they are logged at debug level, rate-limited per kind (`RateLimitedLog`) since a guest can make millions.
+///
+/// Threads and ownership: vCPU threads dispatch concurrently; registration may happen while they run (PCI
+/// BAR moves). The table is behind one Mutex, never held while a device runs; the counters are atomics.
 public final class Bus: Sendable {
     public struct Entry: Sendable {
         public let base: UInt64
@@ -39,12 +42,15 @@ public final class Bus: Sendable {
     private let entries = Mutex<[Entry]>([])   // sorted by base
     private let unclaimedReadCount = Atomic<UInt64>(0)
     private let unclaimedWriteCount = Atomic<UInt64>(0)
-    private let logger: Logger
+    private let log: RateLimitedLog
 
-    public init(name: String, logger: Logger = Logger(label: "minivisor.bus")) {
+    public init(name: String, logger: Logger = Logger(label: "minivisor.bus"), logPolicy: RateLimitedLog.Policy = .default) {
         self.name = name
-        self.logger = logger
+        log = RateLimitedLog(logger: logger, source: "\(name) bus", policy: logPolicy)
     }
+
+    /// Writes the summary of unclaimed-access lines the rate limit held back (at the VM's end).
+    public func flushSuppressedLog() { log.flush() }
 
     public var unclaimedReads: UInt64 { unclaimedReadCount.load(ordering: .relaxed) }
     public var unclaimedWrites: UInt64 { unclaimedWriteCount.load(ordering: .relaxed) }
@@ -96,7 +102,7 @@ public final class Bus: Sendable {
         }
         data.initializeMemory(as: UInt8.self, repeating: 0xff)
         unclaimedReadCount.add(1, ordering: .relaxed)
-        logger.debug("unclaimed \(name) read at 0x\(String(address, radix: 16)) size \(data.count)")
+        log.log(.debug, "unclaimed read", "unclaimed \(name) read at 0x\(String(address, radix: 16)) size \(data.count)")
         return false
     }
 
@@ -108,7 +114,7 @@ public final class Bus: Sendable {
             return true
         }
         unclaimedWriteCount.add(1, ordering: .relaxed)
-        logger.debug("unclaimed \(name) write at 0x\(String(address, radix: 16)) size \(data.count)")
+        log.log(.debug, "unclaimed write", "unclaimed \(name) write at 0x\(String(address, radix: 16)) size \(data.count)")
         return false
     }
 }

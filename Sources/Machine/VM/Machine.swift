@@ -27,6 +27,8 @@ public final class Machine: MachineControl, @unchecked Sendable {
     /// Whether the in-kernel PIT was created (see `MachineConfiguration.pit`).
     public let hasPIT: Bool
     public let logger: Logger
+    /// Lines the guest can cause from vCPU exits (int3 recoveries, unhandled exits), rate-limited per kind.
+    let vcpuLog: RateLimitedLog
 
     let vcpus: [VCPUContext]
     private let stopReason = Mutex<ExitReason?>(nil)
@@ -41,6 +43,7 @@ public final class Machine: MachineControl, @unchecked Sendable {
     public init(configuration: MachineConfiguration, image: BootImage, logger: Logger = Logger(label: "minivisor")) throws {
         self.configuration = configuration
         self.logger = logger
+        vcpuLog = RateLimitedLog(logger: logger, source: "vCPUs")
         kvm = try KVMSystem(path: configuration.kvmDevicePath)
         let maxVCPUs = Int(max(kvm.extensionValue(KVM_CAP_MAX_VCPUS), kvm.extensionValue(KVM_CAP_NR_VCPUS), 1))
         try ConfigurationError.validate(configuration, maxVCPUs: min(maxVCPUs, 255))
@@ -156,6 +159,10 @@ public final class Machine: MachineControl, @unchecked Sendable {
         }
         for c in vcpus { c.join() }
         stdinReader?.stop()
+        // The VM's end: say how many guest-triggered lines the rate limits held back.
+        vcpuLog.flush()
+        pioBus.flushSuppressedLog()
+        mmioBus.flushSuppressedLog()
         return stopReason.withLock { $0 } ?? .hostError("stopped without a reason")
     }
 

@@ -113,7 +113,7 @@ extension Machine {
             case .debug:
                 break
             case .unknown(let reason):
-                logger.warning("vCPU \(vcpu.id): unhandled KVM exit reason \(reason)")
+                vcpuLog.log(.warning, "unhandled KVM exit", "vCPU \(vcpu.id): unhandled KVM exit reason \(reason)")
                 requestStop(.hostError("unhandled KVM exit reason \(reason) on vCPU \(vcpu.id)"))
             }
         }
@@ -146,7 +146,7 @@ extension Machine {
             try vcpu.injectException(3)
         } catch { return false }
         int3Recoveries.add(1, ordering: .relaxed)
-        logger.debug("vCPU \(vcpu.id): int3 emulation failure at 0x\(String(regs.rip &- 1, radix: 16)) delivered as #BP")
+        vcpuLog.log(.debug, "int3 recovery", "vCPU \(vcpu.id): int3 emulation failure at 0x\(String(regs.rip &- 1, radix: 16)) delivered as #BP")
         return true
     }
 
