@@ -10,6 +10,8 @@ import Synchronization
 /// Threads and ownership:
 /// - vCPU threads call the BAR0 handlers (`read`/`write`) and `configWritten`; all virtual state is in
 ///   `state` (a Mutex) and is never held across a call into the GPU, KVM or another lock;
+/// - `configWritten` (BAR placement) runs under the PCI bus's configuration lock for this function, so
+///   placements never overlap each other or a configuration read; callers outside the bus serialise too;
 /// - every log line a guest can cause goes through `log` (rate-limited per kind, `RateLimitedLog`);
 /// - a doorbell is scanned and shadowed on the thread that rang it: the vCPU thread for a trapped TAIL
 ///   write, the mediator thread for a PV doorbell (an ioeventfd it polls); the mediator thread also ticks
@@ -214,56 +216,57 @@ public final class VGPU: PCIFunction, BusDevice, @unchecked Sendable {
     }
 
     /// Registers BAR0 on the MMIO bus and the aperture slot at the addresses the config space holds, when
-    /// memory decoding is on; removes them when it is off.
+    /// memory decoding is on; removes them when it is off. Callers serialise (the PCI bus's configuration
+    /// lock). BAR0 moves in one step on the bus, so an access sees it at the old or the new place; when it
+    /// cannot be placed (another device, a doorbell address taken), nothing of it stays anywhere and the
+    /// next configuration write tries again.
     func applyBARs() {
         guard let machine else { return }
         let decode = config.command & PCIConfigSpace.commandMemory != 0
         let want0 = decode ? config.barAddress(0) : nil
         let want2 = decode ? config.barAddress(2) : nil
-        let (old0, old2) = state.withLock { s -> (UInt64?, UInt64?) in
-            let o = (s.bar0, s.bar2)
-            s.bar0 = want0
-            s.bar2 = want2
-            return o
-        }
+        let (old0, old2) = state.withLock { ($0.bar0, $0.bar2) }
         if old0 != want0 {
-            if let o = old0 { unplaceBAR0(o, on: machine) }
+            if let o = old0 { removeDoorbells(at: o) }
+            var placed: UInt64? = nil
             if let n = want0 {
                 do {
-                    try machine.mmioBus.register(self, base: n, size: VGPURegs.bar0Size, name: "vgpu\(id)-bar0")
+                    try machine.mmioBus.move(self, from: old0, to: n, size: VGPURegs.bar0Size, name: "vgpu\(id)-bar0")
                     for e in EngineID.allCases {
                         try kvm.registerIOEventFD(doorbells[e.rawValue].fd, address: n + UInt64(VGPURegs.pvDoorbell(e)), length: 4)
                     }
+                    placed = n
                 } catch {
                     // Roll back whatever part succeeded, so a later move starts from nothing placed.
                     log.log(.warning, "BAR0 placement failure", "vgpu\(id): cannot place BAR0 at 0x\(String(n, radix: 16)): \(error)")
-                    unplaceBAR0(n, on: machine)
-                    state.withLock { $0.bar0 = nil }
+                    machine.mmioBus.unregister(self, base: n)
+                    removeDoorbells(at: n)
                 }
             }
+            if let o = old0, o != placed { machine.mmioBus.unregister(self, base: o) }
+            state.withLock { $0.bar0 = placed }
         }
         if old2 != want2 {
             let sliceOffset = slices.aperture.lowerBound
             if old2 != nil {
                 try? kvm.setUserMemoryRegion(slot: apertureSlot, guestPhysicalAddress: 0, size: 0, userAddress: nil)
             }
+            var mapped: UInt64? = nil
             if let n = want2 {
                 do {
                     try kvm.setUserMemoryRegion(slot: apertureSlot, guestPhysicalAddress: n + sliceOffset,
-                                                       size: UInt64(slices.aperture.count), userAddress: apertureWindow)
+                                                size: UInt64(slices.aperture.count), userAddress: apertureWindow)
+                    mapped = n
                 } catch {
                     log.log(.warning, "aperture mapping failure", "vgpu\(id): cannot map the aperture at 0x\(String(n, radix: 16)): \(error)")
-                    state.withLock { $0.bar2 = nil }
                 }
             }
+            state.withLock { $0.bar2 = mapped }
         }
     }
 
-    /// Removes BAR0's bus registration and doorbell ioeventfds at `base` (those not present are skipped).
-    private func unplaceBAR0(_ base: UInt64, on machine: Machine) {
-        if machine.mmioBus.registrations.contains(where: { $0.base == base && $0.device === self }) {
-            machine.mmioBus.unregister(base: base)
-        }
+    /// Removes the doorbell ioeventfds at BAR0 base `base` (those not present are skipped).
+    private func removeDoorbells(at base: UInt64) {
         for e in EngineID.allCases {
             try? kvm.registerIOEventFD(doorbells[e.rawValue].fd, address: base + UInt64(VGPURegs.pvDoorbell(e)),
                                        length: 4, deassign: true)

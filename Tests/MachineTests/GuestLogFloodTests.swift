@@ -1,3 +1,4 @@
+import Glibc
 import Logging
 import Synchronization
 import Testing
@@ -39,5 +40,81 @@ struct GuestLogFloodTests {
         bus.flushSuppressedLog()
         #expect(capture.lines.isEmpty)
         #expect(bus.unclaimedReads == 100)
+    }
+}
+
+/// A PCI function that notices when two configuration writes are being handled at once, the way a BAR move
+/// in one vCPU would overlap a BAR move in another.
+final class OverlapDetectingFunction: PCIFunction {
+    let config = PCIConfigSpace(vendorID: 0x1234, deviceID: 0x0002, classCode: 0x03, subclass: 0x80)
+    private let inside = Atomic<Int>(0)
+    let overlaps = Atomic<Int>(0)
+    let handled = Atomic<Int>(0)
+    init() { config.addBar(PCIBar(index: 0, size: 0x1000, kind: .memory32)) }
+
+    func configWritten(offset: Int, size: Int) {
+        if inside.add(1, ordering: .sequentiallyConsistent).newValue > 1 { overlaps.add(1, ordering: .relaxed) }
+        // Placement takes a while (bus registration, ioeventfds): give another thread the chance to come in.
+        sched_yield()
+        handled.add(1, ordering: .relaxed)
+        inside.subtract(1, ordering: .sequentiallyConsistent)
+    }
+}
+
+@Suite("PCI configuration writes to one device are serialised (no KVM)")
+struct PCIConfigSerialisationTests {
+    @Test func concurrentBARMovesThroughConf1NeverOverlap() throws {
+        let bus = PCIBus()
+        let f = OverlapDetectingFunction()
+        try bus.add(f, device: 4)
+        let threads = 4, rounds = 4_000
+        let address: UInt32 = 0x8000_0000 | 4 << 11 | 0x10
+        Hammer.run(threads: threads) { t in
+            for i in 0..<rounds {
+                var a = address
+                withUnsafeBytes(of: &a) { bus.write(offset: 0, data: $0) }
+                var value = UInt32(0xE000_0000 + ((t * rounds + i) % 16) << 12)
+                withUnsafeBytes(of: &value) { bus.write(offset: 4, data: $0) }
+            }
+        }
+        #expect(f.handled.load(ordering: .relaxed) == threads * rounds)
+        #expect(f.overlaps.load(ordering: .relaxed) == 0, "configuration writes to one device ran concurrently")
+    }
+}
+
+/// Runs `body(i)` on `threads` OS threads at once and waits for all of them.
+enum Hammer {
+    final class Gate: Sendable { let arrived = Atomic<Int>(0) }
+    static func run(threads: Int, _ body: @escaping @Sendable (Int) -> Void) {
+        let gate = Gate()
+        var tids: [pthread_t] = []
+        for t in 0..<threads {
+            if let tid = OSThread.spawn(name: "hammer\(t)", {
+                gate.arrived.add(1, ordering: .sequentiallyConsistent)
+                while gate.arrived.load(ordering: .sequentiallyConsistent) < threads { sched_yield() }
+                body(t)
+            }) { tids.append(tid) }
+        }
+        for t in tids { pthread_join(t, nil) }
+    }
+}
+
+@Suite("Bus moves for BAR placement (no KVM)")
+struct BusMoveTests {
+    @Test func moveIsOneStepAndChangesNothingWhenItCannot() throws {
+        let bus = Bus(name: "test")
+        let a = RecordingDevice(value: 0xaa), b = RecordingDevice(value: 0xbb)
+        try bus.move(a, from: nil, to: 0x100, size: 0x10, name: "a")
+        try bus.register(b, base: 0x300, size: 0x10, name: "b")
+        try bus.move(a, from: 0x100, to: 0x200, size: 0x10, name: "a")
+        #expect(bus.registrations.map(\.base) == [0x200, 0x300])
+        // Overlapping its own old range is fine; overlapping another device throws and leaves a where it was.
+        try bus.move(a, from: 0x200, to: 0x208, size: 0x10, name: "a")
+        #expect(throws: BusError.self) { try bus.move(a, from: 0x208, to: 0x2f8, size: 0x10, name: "a") }
+        #expect(bus.registrations.map(\.base) == [0x208, 0x300])
+        // Only the device itself is removed from its base.
+        #expect(!bus.unregister(a, base: 0x300))
+        #expect(bus.unregister(a, base: 0x208))
+        #expect(bus.registrations.map(\.name) == ["b"])
     }
 }

@@ -77,6 +77,32 @@ public final class Bus: Sendable {
         }
     }
 
+    /// Removes `device` from `base` if it is the one registered there; returns whether it was.
+    @discardableResult
+    public func unregister(_ device: any BusDevice, base: UInt64) -> Bool {
+        entries.withLock { list in
+            guard let i = list.firstIndex(where: { $0.base == base && $0.device === device }) else { return false }
+            list.remove(at: i)
+            return true
+        }
+    }
+
+    /// Moves `device` from `old` (where it must be registered; nil: nowhere yet) to [base, base+size) in one
+    /// step, so every access sees it at the old place or at the new one. Throws, changing nothing, when the
+    /// new range is empty or overlaps another device.
+    public func move(_ device: any BusDevice, from old: UInt64?, to base: UInt64, size: UInt64, name: String) throws(BusError) {
+        guard size > 0, base &+ size > base else { throw .emptyRange(name: name) }
+        try entries.withLock { (list: inout [Entry]) throws(BusError) in
+            let oldIndex = old.flatMap { o in list.firstIndex { $0.base == o && $0.device === device } }
+            for (i, e) in list.enumerated() where i != oldIndex && base < e.end && e.base < base + size {
+                throw BusError.overlap(name: name, base: base, size: size, existing: "\(e.name) at 0x\(String(e.base, radix: 16))+0x\(String(e.size, radix: 16))")
+            }
+            if let i = oldIndex { list.remove(at: i) }
+            let idx = list.firstIndex { $0.base > base } ?? list.count
+            list.insert(Entry(base: base, size: size, name: name, device: device), at: idx)
+        }
+    }
+
     /// The registered ranges, sorted by base.
     public var registrations: [Entry] { entries.withLock { $0 } }
 

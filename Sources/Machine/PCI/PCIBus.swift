@@ -2,7 +2,10 @@ import Logging
 import Synchronization
 
 /// A function on the PCI bus. The configuration space is the device's; `configWritten` lets it react
-/// (BAR moves, enabling decoding) after the space has applied the write.
+/// (BAR moves, enabling decoding) after the space has applied the write. `PCIBus` serialises the guest's
+/// configuration accesses to one function: `configWritten` never runs twice at once for one function, and
+/// no configuration access to that function (read or write) runs until it has returned, so a BAR move
+/// is atomic to the guest. It must not make configuration accesses to its own function through the bus.
 public protocol PCIFunction: AnyObject, Sendable {
     var config: PCIConfigSpace { get }
     func configWritten(offset: Int, size: Int)
@@ -20,12 +23,29 @@ public final class PCIHostBridge: PCIFunction {
 
 /// PCI bus 0 behind configuration mechanism #1 (ports 0xcf8 address, 0xcfc-0xcff data). Absent devices
 /// and malformed accesses read all ones; writes to them are dropped.
+///
+/// Threads and ownership:
+/// - vCPU threads access the ports concurrently; the address register is one atomic shared by all of
+///   them, as on hardware (guests serialise their own address/data pairs);
+/// - the table of functions is behind one Mutex, held only to look a function up;
+/// - each function has its own configuration lock, held across a configuration access: for a write, the
+///   config space update and the function's `configWritten` (BAR placement, KVM calls); for a read, the
+///   read. Accesses to one function are serialised; different functions proceed in parallel. The table
+///   lock is never held with a function's lock, and a function's lock never while taking the table lock.
 public final class PCIBus: BusDevice {
     public static let configAddressPort: UInt64 = 0xcf8
     public static let portRangeSize: UInt64 = 8
 
+    /// A function and the lock that serialises configuration accesses to it.
+    private final class Slot: Sendable {
+        let function: any PCIFunction
+        private let configLock = Mutex(())
+        init(_ f: any PCIFunction) { function = f }
+        func withConfigLock<R>(_ body: () -> R) -> R { configLock.withLock { _ in body() } }
+    }
+
     private let addressRegister = Atomic<UInt32>(0)
-    private let functions = Mutex<[Int: any PCIFunction]>([:])   // key: device << 3 | function
+    private let functions = Mutex<[Int: Slot]>([:])   // key: device << 3 | function
 
     public init() {
         _ = try? add(PCIHostBridge(), device: 0)
@@ -48,7 +68,7 @@ public final class PCIBus: BusDevice {
         try functions.withLock { f in
             let key = device << 3 | function
             guard f[key] == nil else { throw PCIError.slotTaken(device, function) }
-            f[key] = fn
+            f[key] = Slot(fn)
         }
     }
 
@@ -58,21 +78,31 @@ public final class PCIBus: BusDevice {
     }
 
     public func function(device: Int, function: Int = 0) -> (any PCIFunction)? {
-        functions.withLock { $0[device << 3 | function] }
+        slot(device: device, function: function)?.function
     }
 
-    /// Config read by bus/device/function/offset, as mechanism #1 would do it.
+    private func slot(device: Int, function: Int) -> Slot? {
+        guard (0..<32).contains(device), (0..<8).contains(function) else { return nil }
+        return functions.withLock { $0[device << 3 | function] }
+    }
+
+    /// Config read by bus/device/function/offset, as mechanism #1 would do it. Waits for a write to the
+    /// same function (and what it set off, like a BAR move) to finish.
     public func configRead(bus: Int, device: Int, function: Int, offset: Int, size: Int) -> UInt32 {
         let ones = UInt32.max >> (32 - 8 * UInt32(size))
-        guard bus == 0, let fn = self.function(device: device, function: function) else { return ones }
-        return fn.config.read(offset: offset, size: size)
+        guard bus == 0, let s = slot(device: device, function: function) else { return ones }
+        return s.withConfigLock { s.function.config.read(offset: offset, size: size) }
     }
 
+    /// Config write: applies it to the function's config space and lets the function react, as one step
+    /// with respect to every other configuration access to that function.
     public func configWrite(bus: Int, device: Int, function: Int, offset: Int, size: Int, value: UInt32) {
-        guard bus == 0, let fn = self.function(device: device, function: function) else { return }
+        guard bus == 0, let s = slot(device: device, function: function) else { return }
         guard PCIConfigSpace.isValidAccess(offset, size) else { return }
-        fn.config.write(offset: offset, size: size, value: value)
-        fn.configWritten(offset: offset, size: size)
+        s.withConfigLock {
+            s.function.config.write(offset: offset, size: size, value: value)
+            s.function.configWritten(offset: offset, size: size)
+        }
     }
 
     // Port layout relative to 0xcf8: 0-3 address register, 4-7 data window.
