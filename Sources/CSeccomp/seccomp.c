@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <linux/audit.h>
 
 struct cseccomp_filter { scmp_filter_ctx ctx; };
 
@@ -44,6 +45,7 @@ static void sigsys_handler(int sig, siginfo_t *info, void *context) {
     size_t n = 0;
     int nr = info->si_syscall;
     const char *name = (nr >= 0 && nr < NAME_TABLE_SIZE && syscall_names[nr]) ? syscall_names[nr] : "unknown";
+    if (info->si_arch != AUDIT_ARCH_X86_64) name = "not the x86-64 system call ABI";
     n = append(line, n, sizeof line, "minivisor: seccomp refused system call ");
     n = append_number(line, n, sizeof line, nr);
     n = append(line, n, sizeof line, " (");
@@ -81,6 +83,8 @@ cseccomp_filter *cseccomp_filter_new(void) {
     const char *audit = getenv("MINIVISOR_SECCOMP_AUDIT");
     f->ctx = seccomp_init(audit && audit[0] == '1' ? SCMP_ACT_LOG : SCMP_ACT_TRAP);
     if (!f->ctx) { free(f); return NULL; }
+    // Other system call ABIs (int 0x80, x32) are reported too, instead of killing the thread silently.
+    (void)seccomp_attr_set(f->ctx, SCMP_FLTATR_ACT_BADARCH, SCMP_ACT_TRAP);
     // A binary tree of system call numbers: the hot calls need not walk the whole list.
     (void)seccomp_attr_set(f->ctx, SCMP_FLTATR_CTL_OPTIMIZE, 2);
     if (seccomp_rule_add(f->ctx, SCMP_ACT_ALLOW, SCMP_SYS(exit), 0) != 0 ||

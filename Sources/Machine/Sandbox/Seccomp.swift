@@ -19,49 +19,71 @@ public enum SeccompPolicy: String, Sendable, CaseIterable {
 /// The allow list a thread runs under. Every system call not listed makes the process print one line
 /// naming the thread and the call, and exit with `Seccomp.exitStatus` (see `CSeccomp`).
 ///
-/// The lists were found with `strace -f` over the test suite, `minivisor bench` and the CLI, not by
-/// guessing (docs: `Seccomp` below says how to redo that after a change).
+/// The lists are what `strace -f` showed these threads doing over the test suite, `minivisor bench` and
+/// the CLI on every test guest (with and without --vgpu, --screenshot, a terminal on stdin, --timeout,
+/// --log-level trace), plus the error paths that end a VM (register dumps, #BP injection). `Seccomp`
+/// says how to redo that after a change.
 public enum SeccompFilter: String, Sendable, CaseIterable {
-    /// A vCPU thread, from just before its first KVM_RUN: vCPU and VM ioctls, device emulation on the
-    /// exit path (serial output, eventfds, vGPU: MSI, BAR placement, aperture remapping, PNG screenshots).
+    /// A vCPU thread, from just before its first KVM_RUN: vCPU ioctls, and device emulation on the exit
+    /// path (serial output, eventfds, interrupts, vGPU BAR placement and aperture remapping, PNG
+    /// screenshots written on the vCPU that asks for them).
     case vcpu
-    /// A device thread before its loop (vGPU mediator and executors, serial stdin reader).
+    /// A device thread, before its loop: vGPU mediator and executors, the serial stdin reader.
     case device
-    /// The thread that called `Machine.run()`, from when the vCPU threads started: waits, kicks, joins,
-    /// then (in the CLI) writes the last screenshot, releases the vGPU and exits.
+    /// The thread that called `Machine.run()`, from when the vCPU threads started: waits, kicks and joins
+    /// them; in the CLI it then writes the last screenshot, releases the vGPU and exits.
     case monitor
 
-    /// System calls allowed with any arguments.
-    var systemCalls: [String] {
-        // Memory, locks, time, signals and stdio: the Swift runtime, Glibc's malloc and swift-log.
-        let common = [
-            "futex", "mmap", "munmap", "mremap", "madvise", "mprotect", "brk",
-            "clock_gettime", "clock_nanosleep", "nanosleep", "sched_yield", "gettid", "getpid",
-            "rt_sigprocmask", "rt_sigaction", "tgkill",
-            "read", "write", "writev", "pread64", "pwrite64", "lseek", "close", "fstat", "newfstatat",
-            "poll", "ppoll",
-        ]
-        switch self {
-        case .vcpu:
-            // Screenshots (PNG files) are written on the vCPU that asks for them.
-            return common + ["openat", "fcntl", "unlink", "fsync", "ftruncate"]
-        case .device:
-            return common
-        case .monitor:
-            return common + ["openat", "fcntl", "fsync", "ftruncate"]
+    /// One allowed system call, with an optional condition on one argument: (argument & mask) == value.
+    struct Rule: Sendable {
+        let name: String
+        let condition: (arg: UInt32, mask: UInt64, value: UInt64)?
+        init(_ name: String) { self.name = name; condition = nil }
+        init(_ name: String, arg: UInt32, mask: UInt64, value: UInt64) {
+            self.name = name
+            condition = (arg, mask, value)
         }
+        /// ioctl with this request (the kernel's command is 32 bits: only those are compared).
+        static func ioctl(_ request: UInt) -> Rule { Rule("ioctl", arg: 1, mask: 0xffff_ffff, value: UInt64(request)) }
     }
 
-    /// ioctl requests allowed (any file descriptor).
-    var ioctls: [UInt] {
-        let vm: [UInt] = [CKVM_KVM_IRQ_LINE, CKVM_KVM_IRQ_LINE_STATUS, CKVM_KVM_SIGNAL_MSI, CKVM_KVM_IOEVENTFD,
-                          CKVM_KVM_IRQFD, CKVM_KVM_SET_USER_MEMORY_REGION]
+    /// What every filtered thread needs: the Swift runtime, Glibc's malloc and locks (futex, mmap family,
+    /// gettid for Mutex owners), time, eventfd and serial reads/writes, swift-log's timestamps
+    /// (strftime's tzset stats /etc/localtime), kicks (pthread_kill = getpid + tgkill), signal returns
+    /// and thread exit (rt_sigprocmask, madvise of the stack; exit and exit_group are always allowed).
+    static let common: [Rule] = [
+        "futex", "gettid", "getpid", "tgkill", "sched_yield",
+        "mmap", "munmap", "mremap", "madvise", "mprotect", "brk",
+        "clock_gettime", "clock_nanosleep", "nanosleep",
+        "rt_sigprocmask", "rt_sigreturn",
+        "read", "write", "close", "newfstatat", "fstat", "lseek",
+    ].map(Rule.init)
+
+    /// The VM-level ioctls device emulation makes from any thread: interrupts.
+    static let interrupts: [Rule] = [CKVM_KVM_IRQ_LINE, CKVM_KVM_IRQ_LINE_STATUS, CKVM_KVM_SIGNAL_MSI].map(Rule.ioctl)
+
+    /// openat with flags that only read (tz data for log timestamps, read on first use).
+    static let readOnlyOpen = Rule("openat", arg: 2, mask: UInt64(O_ACCMODE | O_CREAT | O_TRUNC), value: UInt64(O_RDONLY))
+
+    var rules: [Rule] {
         switch self {
         case .vcpu:
-            return vm + [CKVM_KVM_RUN, CKVM_KVM_GET_REGS, CKVM_KVM_SET_REGS, CKVM_KVM_GET_SREGS, CKVM_KVM_GET_MP_STATE,
-                         CKVM_KVM_GET_VCPU_EVENTS, CKVM_KVM_SET_VCPU_EVENTS, CKVM_KVM_TRANSLATE]
-        case .device, .monitor:
-            return vm
+            return Self.common + Self.interrupts + [
+                // KVM_RUN and the exits' needs: I/O data is in the mmapped kvm_run; halt queries, register
+                // dumps, #BP injection (events), instruction bytes through the page tables (translate).
+                CKVM_KVM_RUN, CKVM_KVM_GET_REGS, CKVM_KVM_SET_REGS, CKVM_KVM_GET_SREGS, CKVM_KVM_GET_MP_STATE,
+                CKVM_KVM_GET_VCPU_EVENTS, CKVM_KVM_SET_VCPU_EVENTS, CKVM_KVM_TRANSLATE,
+                // vGPU BAR placement: the aperture slot and the PV doorbells move with the BARs.
+                CKVM_KVM_SET_USER_MEMORY_REGION, CKVM_KVM_IOEVENTFD,
+            ].map(Rule.ioctl) + [
+                Rule("openat"),   // screenshots (port 0xf5) create PNG files
+            ]
+        case .device:
+            return Self.common + Self.interrupts + [Self.readOnlyOpen, Rule("poll"), Rule("ppoll")]
+        case .monitor:
+            return Self.common + [
+                Rule("openat"),   // the CLI writes the last screenshot after run()
+            ]
         }
     }
 }
@@ -100,21 +122,21 @@ public enum Seccomp {
         let label = "\(thread) (\(filter.rawValue) filter)"
         guard let f = cseccomp_filter_new() else { throw .libseccomp(operation: "allocate", thread: label, errno: ENOMEM) }
         defer { cseccomp_filter_free(f) }
-        for name in filter.systemCalls {
-            let nr = cseccomp_syscall_number(name)
-            guard nr >= 0 else { throw .unknownSystemCall(name) }
-            let r = cseccomp_allow(f, nr)
+        for rule in filter.rules {
+            guard let nr = systemCallNumber(rule.name) else { throw .unknownSystemCall(rule.name) }
+            let r = rule.condition.map { cseccomp_allow_masked(f, nr, $0.arg, $0.mask, $0.value) } ?? cseccomp_allow(f, nr)
             guard r == 0 else { throw .libseccomp(operation: "build", thread: label, errno: -r) }
         }
         let ioctl = cseccomp_syscall_number("ioctl")
-        for request in filter.ioctls {
-            // The kernel's ioctl command is 32 bits wide; compare only those (no sign-extension surprises).
-            let r = cseccomp_allow_masked(f, ioctl, 1, 0xffff_ffff, UInt64(request))
-            guard r == 0 else { throw .libseccomp(operation: "build", thread: label, errno: -r) }
-        }
         _ = cseccomp_prioritize(f, ioctl)   // KVM_RUN: the hottest call on a vCPU thread
         let r = cseccomp_load(f, label)
         guard r == 0 else { throw .libseccomp(operation: "load", thread: label, errno: -r) }
+    }
+
+    /// The x86-64 number of system call `name`, or nil when libseccomp does not know it.
+    static func systemCallNumber(_ name: String) -> Int32? {
+        let nr = cseccomp_syscall_number(name)
+        return nr >= 0 ? nr : nil
     }
 
     /// The label ("vcpu0 (vcpu filter)") of the filter the calling thread loaded, or nil.
