@@ -2,7 +2,7 @@
 import PackageDescription
 
 // Layers, lowest first. A target only depends on targets above it in this list.
-//   CKVM, CLibelf, Firmware (C)  ->  KVM  ->  Machine  ->  Minivisor  ->  MinivisorCLI
+//   CKVM, CLibelf, CSeccomp, Firmware (C)  ->  KVM  ->  Machine  ->  Minivisor  ->  MinivisorCLI
 //   SoftGPU (the software "physical" GPU) knows nothing of KVM, guests or the mediator.
 //   VGPU (the mediator: vGPU PCI device, GTT shadow, command scanner) sits on Machine + SoftGPU.
 // CKVMBaseline + MinivisorBench hold the benchmark (a minimal C KVM loop as the baseline).
@@ -24,6 +24,10 @@ let package = Package(
                        providers: [.apt(["libelf-dev"])]),
         .systemLibrary(name: "CLibpng", pkgConfig: "libpng",
                        providers: [.apt(["libpng-dev"])]),
+        // libseccomp via pkg-config, and the per-thread filter loader with its SIGSYS reporter.
+        .systemLibrary(name: "CLibseccomp", pkgConfig: "libseccomp",
+                       providers: [.apt(["libseccomp-dev"])]),
+        .target(name: "CSeccomp", dependencies: ["CLibseccomp"]),
         // Boot code placed into guests (AP trampoline, built-in demo guest), assembled by the build.
         .target(name: "Firmware", path: "Firmware"),
 
@@ -34,7 +38,7 @@ let package = Package(
         ]),
         // The machine: guest memory, buses, legacy devices, PCI, boot protocols, vCPU threads.
         .target(name: "Machine", dependencies: [
-            "KVM", "CKVM", "CLibelf", "Firmware",
+            "KVM", "CKVM", "CLibelf", "CSeccomp", "Firmware",
             .product(name: "Logging", package: "swift-log"),
         ]),
         // The software "physical" GPU: GM + GTT, engines, command set, display. No KVM knowledge.
@@ -58,11 +62,13 @@ let package = Package(
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ]),
+        // Testing only: makes a forbidden system call on a vCPU (or the main) thread (IntegrationTests).
+        .executableTarget(name: "SeccompProbe", dependencies: ["Minivisor"]),
 
         .testTarget(name: "MachineTests", dependencies: ["Machine", "KVM", .product(name: "Logging", package: "swift-log")]),
         .testTarget(name: "SoftGPUTests", dependencies: ["SoftGPU"]),
         .testTarget(name: "VGPUTests", dependencies: ["VGPU", "SoftGPU", "Machine", "KVM", "CLibpng",
                                                  .product(name: "Logging", package: "swift-log")]),
-        .testTarget(name: "IntegrationTests", dependencies: ["Minivisor", "Machine", "MinivisorCLI", "CLibpng"]),
+        .testTarget(name: "IntegrationTests", dependencies: ["Minivisor", "Machine", "MinivisorCLI", "SeccompProbe", "CLibpng"]),
     ]
 )

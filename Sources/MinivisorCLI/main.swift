@@ -18,7 +18,8 @@ struct MinivisorCommand: ParsableCommand {
         Exit status of 'run': the guest's debug-exit status (port 0xf4, value V gives (V << 1) | 1), 0 for a
         clean power-off, 2 for bad arguments, images or configuration, 4 for a guest reset, 6 for a triple
         fault, 8 for a KVM internal error (e.g. an instruction the host cannot emulate), 10 for a VM entry
-        failure, 12 for --timeout, 14 for an unexpected host error.
+        failure, 12 for --timeout, 14 for an unexpected host error, 16 when a seccomp filter refused a system
+        call (one line on stderr names the thread and the call; rerun with --no-seccomp and report a bug).
         """,
         subcommands: [Run.self, Bench.self],
         defaultSubcommand: Run.self)
@@ -94,6 +95,9 @@ struct Run: ParsableCommand {
     @Option(help: "In-kernel i8254 PIT: auto (multiboot kernels get one, minivisor ELF64 guests use the LAPIC timer), on or off.")
     var pit: String = "auto"
 
+    @Flag(name: .customLong("no-seccomp"), help: "Run without the per-thread seccomp filters (vCPU, device and main threads), for debugging.")
+    var noSeccomp = false
+
     @Option(help: "Log level on stderr: trace, debug, info, notice, warning, error, critical. Unclaimed port/MMIO accesses are logged at debug.")
     var logLevel: String = "warning"
 
@@ -130,6 +134,7 @@ struct Run: ParsableCommand {
         config.cpuCount = cpus
         config.cmdline = cmdline
         config.pit = MachineConfiguration.PITMode(rawValue: pit) ?? .auto
+        config.seccomp = noSeccomp ? .off : .vmThreadsAndMonitor
         if let dev = getenv("MINIVISOR_KVM_DEVICE") { config.kvmDevicePath = String(cString: dev) }
         config.modules = modules.map(BootModule.init(argument:))
         config.timeout = timeout.map { .milliseconds(Int64($0 * 1000)) }

@@ -18,6 +18,8 @@ import Synchronization
 ///   virtual vblanks;
 /// - one executor thread per engine runs the accepted shadow submissions in order on the shared engine,
 ///   holding that engine's lock in `GPUHost`, so scanning the next submission overlaps running this one;
+/// - the mediator and executor threads run under the device seccomp filter (`SeccompFilter.device`,
+///   unless the machine's `seccomp` is `.off`); the SoftGPU's own engine threads are not filtered;
 /// - interrupts are injected with KVM_SIGNAL_MSI from whichever thread raised them, after the state lock
 ///   is dropped.
 public final class VGPU: PCIFunction, BusDevice, @unchecked Sendable {
@@ -533,9 +535,15 @@ public final class VGPU: PCIFunction, BusDevice, @unchecked Sendable {
 
     private func startMediator() {
         // The threads hold the vGPU until shutdown() stops them.
-        if let t = OSThread.spawn(name: "vgpu\(id)-mediator", { [self] in self.mediatorLoop() }) { threads.append(t) }
+        if let t = OSThread.spawn(name: "vgpu\(id)-mediator", { [self] in
+            machine?.enterSeccomp(.device, thread: "vgpu\(id)-mediator")
+            mediatorLoop()
+        }) { threads.append(t) }
         for e in EngineID.allCases {
-            if let t = OSThread.spawn(name: "vgpu\(id)-\(e)", { [self] in self.executorLoop(e) }) { threads.append(t) }
+            if let t = OSThread.spawn(name: "vgpu\(id)-\(e)", { [self] in
+                machine?.enterSeccomp(.device, thread: "vgpu\(id)-\(e)")
+                executorLoop(e)
+            }) { threads.append(t) }
         }
     }
 

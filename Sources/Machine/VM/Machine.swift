@@ -10,8 +10,11 @@ import Synchronization
 ///
 /// Threads and ownership:
 /// - the thread that calls `run()` (the monitor) starts the vCPU threads, watches for timeout and for
-///   every vCPU halting with interrupts off, and joins the vCPU threads;
+///   every vCPU halting with interrupts off, and joins the vCPU threads; with `seccomp ==
+///   .vmThreadsAndMonitor` (the CLI) it runs under the monitor seccomp filter once the vCPUs started;
 /// - each vCPU thread owns its `KVMVCPU` (all vCPU ioctls happen there) and dispatches exits to the buses;
+///   it runs under the vCPU seccomp filter from its first KVM_RUN (unless `seccomp == .off`);
+/// - the serial stdin reader (with `serialInputFromStdin`) runs under the device seccomp filter;
 /// - devices are shared by all vCPU threads and guard their own state (see `BusDevice`);
 /// - `stopReason` (Mutex) and `stopping` (Atomic) may be touched from any thread: the first stop wins.
 public final class Machine: MachineControl, @unchecked Sendable {
@@ -135,11 +138,14 @@ public final class Machine: MachineControl, @unchecked Sendable {
             return .hostError("cannot install the vCPU kick signal handler")
         }
         var stdinReader: StdinReader? = nil
-        if configuration.serialInputFromStdin { stdinReader = StdinReader(serial: serial) }
+        if configuration.serialInputFromStdin {
+            stdinReader = StdinReader(serial: serial) { [unowned self] in self.enterSeccomp(.device, thread: "serial-stdin") }
+        }
         for (i, c) in vcpus.enumerated() {
             let ok = c.start(name: "vcpu\(i)") { [unowned self] in self.vcpuLoop(c) }
             if !ok { requestStop(.hostError("cannot create the thread for vCPU \(i)")) }
         }
+        enterSeccomp(.monitor, thread: "monitor")
         let deadline = configuration.timeout.map { ContinuousClock.now + $0 }
         let interval = configuration.haltPollInterval
         var generation: UInt64 = 0

@@ -21,6 +21,9 @@ public struct MachineConfiguration: Sendable {
     /// `auto` gives multiboot kernels a PIT (they expect a PC) and leaves it out for minivisor-protocol
     /// ELF64 guests, which use the LAPIC timer: tearing a PIT down costs ~16 ms on kvm-pvm hosts.
     public var pit: PITMode = .auto
+    /// Which threads run under seccomp allow lists (`SeccompFilter`): by default vCPU and device threads,
+    /// never the caller's; the CLI adds its main thread (`.vmThreadsAndMonitor`) unless `--no-seccomp`.
+    public var seccomp: SeccompPolicy = .vmThreads
     /// The KVM device to open.
     public var kvmDevicePath: String = "/dev/kvm"
     /// Host capabilities; detected by default.

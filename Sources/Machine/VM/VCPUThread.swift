@@ -5,6 +5,7 @@ import Synchronization
 
 /// One vCPU and the OS thread that runs it. The thread owns `vcpu`; other threads only call `kick()`
 /// and `queryHalt(_:)`, which touch atomics, the kvm_run immediate_exit byte and send a signal.
+/// The thread runs under the vCPU seccomp filter from just before its first KVM_RUN (`vcpuLoop`).
 final class VCPUContext: @unchecked Sendable {
     let vcpu: KVMVCPU
     let exits = Atomic<UInt64>(0)
@@ -74,6 +75,7 @@ extension Machine {
             requestStop(.hostError("cannot unblock the kick signal on vCPU \(vcpu.id)"))
             return
         }
+        guard enterSeccomp(.vcpu, thread: "vcpu\(vcpu.id)") else { return }
         while !stopping.load(ordering: .sequentiallyConsistent) {
             let exit: VMExit
             do { exit = try vcpu.run() } catch {
@@ -165,11 +167,13 @@ extension String {
     }
 }
 
-/// Feeds this process's standard input to the UART from a background thread.
+/// Feeds this process's standard input to the UART from a background thread, which runs under the
+/// device seccomp filter (`beforeLoop` installs it).
 final class StdinReader: @unchecked Sendable {
     private let running = Atomic<Bool>(true)
-    init(serial: Serial16550) {
+    init(serial: Serial16550, beforeLoop: @escaping @Sendable () -> Void) {
         OSThread.detached(name: "serial-stdin") { [self] in
+            beforeLoop()
             var buf = [UInt8](repeating: 0, count: 16)
             while running.load(ordering: .relaxed) {
                 var pfd = pollfd(fd: 0, events: Int16(POLLIN), revents: 0)

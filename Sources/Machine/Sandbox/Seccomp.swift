@@ -1,0 +1,166 @@
+import CKVM
+import CSeccomp
+import Glibc
+
+/// Which threads run under seccomp filters (`MachineConfiguration.seccomp`).
+public enum SeccompPolicy: String, Sendable, CaseIterable {
+    /// No filters (the CLI's `--no-seccomp`, for debugging).
+    case off
+    /// vCPU threads and device threads (vGPU mediator and executors, the serial stdin reader) install
+    /// their filter before their loop. The library's default: the thread that calls `run()` is the
+    /// caller's and is left alone.
+    case vmThreads
+    /// As `vmThreads`, and the thread that calls `Machine.run()` installs the monitor filter once the
+    /// vCPU threads have started. Irreversible: for a thread that only ends the process after `run()`
+    /// (the CLI's default).
+    case vmThreadsAndMonitor
+}
+
+/// The allow list a thread runs under. Every system call not listed makes the process print one line
+/// naming the thread and the call, and exit with `Seccomp.exitStatus` (see `CSeccomp`).
+///
+/// The lists are what `strace -f` showed these threads doing over the test suite, `minivisor bench` and
+/// the CLI on every test guest (with and without --vgpu, --screenshot, a terminal on stdin, --timeout,
+/// --log-level trace), plus the error paths that end a VM (register dumps, #BP injection). `Seccomp`
+/// says how to redo that after a change.
+public enum SeccompFilter: String, Sendable, CaseIterable {
+    /// A vCPU thread, from just before its first KVM_RUN: vCPU ioctls, and device emulation on the exit
+    /// path (serial output, eventfds, interrupts, vGPU BAR placement and aperture remapping, PNG
+    /// screenshots written on the vCPU that asks for them).
+    case vcpu
+    /// A device thread, before its loop: vGPU mediator and executors, the serial stdin reader.
+    case device
+    /// The thread that called `Machine.run()`, from when the vCPU threads started: waits, kicks and joins
+    /// them; in the CLI it then writes the last screenshot, releases the vGPU and exits.
+    case monitor
+
+    /// One allowed system call, with an optional condition on one argument: (argument & mask) == value.
+    struct Rule: Sendable {
+        let name: String
+        let condition: (arg: UInt32, mask: UInt64, value: UInt64)?
+        init(_ name: String) { self.name = name; condition = nil }
+        init(_ name: String, arg: UInt32, mask: UInt64, value: UInt64) {
+            self.name = name
+            condition = (arg, mask, value)
+        }
+        /// ioctl with this request (the kernel's command is 32 bits: only those are compared).
+        static func ioctl(_ request: UInt) -> Rule { Rule("ioctl", arg: 1, mask: 0xffff_ffff, value: UInt64(request)) }
+    }
+
+    /// What every filtered thread needs: the Swift runtime, Glibc's malloc and locks (futex, mmap family,
+    /// gettid for Mutex owners), time, eventfd and serial reads/writes, swift-log's timestamps
+    /// (strftime's tzset stats /etc/localtime), kicks (pthread_kill = getpid + tgkill), signal returns
+    /// and thread exit (rt_sigprocmask, madvise of the stack; exit and exit_group are always allowed).
+    static let common: [Rule] = [
+        "futex", "gettid", "getpid", "tgkill", "sched_yield",
+        "mmap", "munmap", "mremap", "madvise", "mprotect", "brk",
+        "clock_gettime", "clock_nanosleep", "nanosleep",
+        "rt_sigprocmask", "rt_sigreturn",
+        "read", "write", "close", "newfstatat", "fstat", "lseek",
+    ].map(Rule.init)
+
+    /// The VM-level ioctls device emulation makes from any thread: interrupts.
+    static let interrupts: [Rule] = [CKVM_KVM_IRQ_LINE, CKVM_KVM_IRQ_LINE_STATUS, CKVM_KVM_SIGNAL_MSI].map(Rule.ioctl)
+
+    /// openat with flags that only read (tz data for log timestamps, read on first use).
+    static let readOnlyOpen = Rule("openat", arg: 2, mask: UInt64(O_ACCMODE | O_CREAT | O_TRUNC), value: UInt64(O_RDONLY))
+
+    var rules: [Rule] {
+        switch self {
+        case .vcpu:
+            return Self.common + Self.interrupts + [
+                // KVM_RUN and the exits' needs: I/O data is in the mmapped kvm_run; halt queries, register
+                // dumps, #BP injection (events), instruction bytes through the page tables (translate).
+                CKVM_KVM_RUN, CKVM_KVM_GET_REGS, CKVM_KVM_SET_REGS, CKVM_KVM_GET_SREGS, CKVM_KVM_GET_MP_STATE,
+                CKVM_KVM_GET_VCPU_EVENTS, CKVM_KVM_SET_VCPU_EVENTS, CKVM_KVM_TRANSLATE,
+                // vGPU BAR placement: the aperture slot and the PV doorbells move with the BARs.
+                CKVM_KVM_SET_USER_MEMORY_REGION, CKVM_KVM_IOEVENTFD,
+            ].map(Rule.ioctl) + [
+                Rule("openat"),   // screenshots (port 0xf5) create PNG files
+            ]
+        case .device:
+            return Self.common + Self.interrupts + [Self.readOnlyOpen, Rule("poll"), Rule("ppoll")]
+        case .monitor:
+            return Self.common + [
+                Rule("openat"),   // the CLI writes the last screenshot after run()
+            ]
+        }
+    }
+}
+
+/// A filter could not be built or loaded. The VM stops with a host error (status 14).
+public enum SeccompError: Error, Equatable, CustomStringConvertible, Sendable {
+    case unknownSystemCall(String)
+    case libseccomp(operation: String, thread: String, errno: Int32)
+
+    public var description: String {
+        switch self {
+        case .unknownSystemCall(let name):
+            return "libseccomp does not know the system call \(name): update libseccomp or rerun with --no-seccomp"
+        case let .libseccomp(operation, thread, e):
+            return "cannot \(operation) the seccomp filter for thread \(thread): \(String(cString: strerror(e))): rerun with --no-seccomp"
+        }
+    }
+}
+
+/// Per-thread seccomp filters (libseccomp through `CSeccomp`), as Firecracker installs them: each thread
+/// loads its own filter (no TSYNC) right before its loop, after its set-up; a refused system call
+/// prints one line on stderr naming the thread, its filter and the call, then the process exits with
+/// status 16 (`exitStatus`).
+///
+/// After changing what a filtered thread does, find the system calls it makes with
+/// `strace -f -o trace -ff .build/debug/minivisor run ...` (and over `swift test` and `minivisor bench`):
+/// each thread's file shows its `seccomp(SECCOMP_SET_MODE_FILTER, ...)`; what follows it must be allowed.
+/// `MINIVISOR_SECCOMP_AUDIT=1` makes the filters allow and log (kernel audit log) instead of trapping,
+/// so one strace run lists everything.
+public enum Seccomp {
+    /// The process's exit status after a refused system call (README "Exit status").
+    public static let exitStatus: Int32 = CSECCOMP_EXIT_STATUS
+
+    /// Loads `filter` for the calling thread. `thread` names it in the report of a refused call.
+    public static func install(_ filter: SeccompFilter, thread: String) throws(SeccompError) {
+        let label = "\(thread) (\(filter.rawValue) filter)"
+        guard let f = cseccomp_filter_new() else { throw .libseccomp(operation: "allocate", thread: label, errno: ENOMEM) }
+        defer { cseccomp_filter_free(f) }
+        for rule in filter.rules {
+            guard let nr = systemCallNumber(rule.name) else { throw .unknownSystemCall(rule.name) }
+            let r = rule.condition.map { cseccomp_allow_masked(f, nr, $0.arg, $0.mask, $0.value) } ?? cseccomp_allow(f, nr)
+            guard r == 0 else { throw .libseccomp(operation: "build", thread: label, errno: -r) }
+        }
+        let ioctl = cseccomp_syscall_number("ioctl")
+        _ = cseccomp_prioritize(f, ioctl)   // KVM_RUN: the hottest call on a vCPU thread
+        let r = cseccomp_load(f, label)
+        guard r == 0 else { throw .libseccomp(operation: "load", thread: label, errno: -r) }
+    }
+
+    /// The x86-64 number of system call `name`, or nil when libseccomp does not know it.
+    static func systemCallNumber(_ name: String) -> Int32? {
+        let nr = cseccomp_syscall_number(name)
+        return nr >= 0 ? nr : nil
+    }
+
+    /// The label ("vcpu0 (vcpu filter)") of the filter the calling thread loaded, or nil.
+    public static var currentThreadLabel: String? {
+        cseccomp_thread_label().map { String(cString: $0) }
+    }
+}
+
+extension Machine {
+    /// Loads `filter` for the calling thread when the configuration asks for filters (`seccomp` is not
+    /// `.off`; the monitor filter only with `.vmThreadsAndMonitor`). On failure the VM stops with a host
+    /// error naming the thread. Device threads call this once, before their loop.
+    @discardableResult
+    public func enterSeccomp(_ filter: SeccompFilter, thread: String) -> Bool {
+        switch (configuration.seccomp, filter) {
+        case (.off, _), (.vmThreads, .monitor): return true
+        default: break
+        }
+        do {
+            try Seccomp.install(filter, thread: thread)
+            return true
+        } catch {
+            requestStop(.hostError("\(error)"))
+            return false
+        }
+    }
+}
