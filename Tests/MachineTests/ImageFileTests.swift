@@ -148,6 +148,25 @@ struct ImageFileTests {
         #expect(try loadError(kernel, modules: [BootModule(argument: dir.path + "/no\nmodule")]).contains("no\\nmodule"))
     }
 
+    @Test func everyImageErrorIsOneLineWhateverTheName() {
+        let n = "evil\nname\r\u{1b}[31m'\\"
+        let all: [ImageError] = [
+            .notFound(n), .unreadable(n, "Permission denied"), .notRegularFile(n, kind: "a FIFO"), .empty(n), .unknownFormat(n),
+            .wrongClass(n, "32-bit"), .wrongMachine(n, 3), .notExecutable(n, 3), .malformedELF(n, "x"), .noLoadableSegments(n),
+            .segmentOutsideRAM(n, start: 1, end: 2, ramDescription: "0x0-0x1000"),
+            .overlapsBootStructure(n, start: 1, end: 2, structure: "page tables", structureStart: 0, structureEnd: 3),
+            .entryOutsideImage(n, 1), .bzImageUnsupported(n), .multiboot(n, "x"), .moduleUnreadable(n, "it does not exist"),
+            .moduleDoesNotFit(n, size: 1, largestFree: 0), .multibootInfoDoesNotFit(bytes: 1, modules: 1, largestFree: 0),
+            .noRoomForBootStructures("MP table", ramDescription: "0x0-0x1000"), .commandLineTooLong(5000),
+            .nulInText("the string of module \(quoted(n))"),
+        ]
+        for e in all {
+            let text = e.description
+            #expect(!text.unicodeScalars.contains { $0.value < 0x20 }, "\(text)")
+            if text.contains("evil") { #expect(text.contains(quoted(n)), "\(text)") }
+        }
+    }
+
     @Test func fileImagesLoadLikeByteImages() throws {
         let elf = ELFBuilder(entry: 0x100000, segments: [
             .init(paddr: 0x100000, data: code),

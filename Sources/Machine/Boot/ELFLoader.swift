@@ -96,14 +96,19 @@ public enum ELFParser {
     /// and allocates and initialises a descriptor per section before anything else, so a sparse file of a
     /// few GiB can claim tens of millions of sections and cost gigabytes. Refuse that before libelf runs.
     static func checkSectionCount(_ bytes: UnsafeRawBufferPointer, name: String) throws(ImageError) {
-        guard bytes.count >= 64, bytes[5] == 1 /* ELFDATA2LSB; libelf rejects the rest */ || bytes[5] == 2 else { return }
+        let littleEndian: Bool
+        switch bytes.count >= 52 ? bytes[5] : 0 {   // 52: the smallest (ELF32) header
+        case 1: littleEndian = true    // ELFDATA2LSB
+        case 2: littleEndian = false   // ELFDATA2MSB
+        default: return                // too short or no byte order: libelf refuses it
+        }
         let is64 = bytes[4] == 2
+        /// The `width`-byte field at `offset`, or nil past the end of the file.
         func value(_ offset: UInt64, _ width: Int) -> UInt64? {
             guard offset <= UInt64(bytes.count), UInt64(width) <= UInt64(bytes.count) - offset else { return nil }
             var v: UInt64 = 0
             for i in 0..<width {
-                let byte = UInt64(bytes[Int(offset) + (bytes[5] == 1 ? i : width - 1 - i)])
-                v |= byte << (8 * UInt64(i))
+                v |= UInt64(bytes[Int(offset) + (littleEndian ? i : width - 1 - i)]) << (8 * UInt64(i))
             }
             return v
         }
