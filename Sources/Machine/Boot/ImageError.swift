@@ -33,7 +33,7 @@ public enum ImageError: Error, Equatable, CustomStringConvertible, Sendable {
         switch self {
         case .notFound(let p): return "guest image \(quoted(p)) does not exist: check the path"
         case let .unreadable(p, e): return "cannot read guest image \(quoted(p)): \(e): check its permissions"
-        case let .notRegularFile(p, kind): return "guest image \(quoted(p)) is \(kind), not a regular file: pass the image file itself"
+        case let .notRegularFile(p, kind): return "cannot read guest image \(quoted(p)): it is \(kind), not a regular file: pass the image file itself"
         case .empty(let p): return "guest image \(quoted(p)) is empty: rebuild it (for the test guests: make -C Guests)"
         case .unknownFormat(let p):
             return "\(quoted(p)) is neither an ELF64 x86-64 executable nor a multiboot kernel: pass a guest built for minivisor (see docs/boot-protocol.md)"
