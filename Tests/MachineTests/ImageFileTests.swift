@@ -6,6 +6,7 @@ import Testing
 final class TempDirectory {
     let path: String
     private var files: [String] = []
+    private var directories: [String] = []
 
     init() {
         var template = Array("/tmp/minivisor-loader-XXXXXX".utf8CString)
@@ -14,6 +15,7 @@ final class TempDirectory {
 
     deinit {
         for f in files { unlink(f) }
+        for d in directories.reversed() { rmdir(d) }
         rmdir(path)
     }
 
@@ -46,7 +48,7 @@ final class TempDirectory {
     func directory(_ name: String) -> String {
         let p = path + "/" + name
         precondition(mkdir(p, 0o700) == 0)
-        files.insert(p, at: 0)   // unlink fails on it; rmdir below removes it
+        directories.append(p)
         return p
     }
 }
