@@ -1,6 +1,10 @@
 /// Builds small ELF files in memory for loader tests.
 struct ELFBuilder {
-    struct Segment { var type: UInt32 = 1; var paddr: UInt64; var data: [UInt8]; var memsz: UInt64? = nil; var offset: UInt64? = nil }
+    struct Segment {
+        var type: UInt32 = 1; var paddr: UInt64; var data: [UInt8]; var memsz: UInt64? = nil; var offset: UInt64? = nil
+        /// p_filesz when it should differ from data.count (e.g. a segment whose bytes lie in a sparse tail).
+        var filesz: UInt64? = nil
+    }
     var is64 = true
     var machine: UInt16 = 62
     var type: UInt16 = 2
@@ -24,12 +28,13 @@ struct ELFBuilder {
         h += le(UInt16(is64 ? 64 : 40)) + le(UInt16(0)) + le(UInt16(0))
         for (i, s) in segments.enumerated() {
             let memsz = s.memsz ?? UInt64(s.data.count)
+            let filesz = s.filesz ?? UInt64(s.data.count)
             if is64 {
                 h += le(s.type) + le(UInt32(7)) + le(offsets[i]) + le(s.paddr) + le(s.paddr)
-                h += le(UInt64(s.data.count)) + le(memsz) + le(UInt64(0x1000))
+                h += le(filesz) + le(memsz) + le(UInt64(0x1000))
             } else {
                 h += le(s.type) + le(UInt32(offsets[i])) + le(UInt32(s.paddr)) + le(UInt32(s.paddr))
-                h += le(UInt32(s.data.count)) + le(UInt32(memsz)) + le(UInt32(7)) + le(UInt32(0x1000))
+                h += le(UInt32(truncatingIfNeeded: filesz)) + le(UInt32(truncatingIfNeeded: memsz)) + le(UInt32(7)) + le(UInt32(0x1000))
             }
         }
         h += prefix

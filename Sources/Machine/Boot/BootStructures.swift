@@ -11,8 +11,7 @@ enum BootStructures {
     /// way; prefetchable BARs such as a GPU aperture must not be uncached. Returns how many GiB are mapped.
     @discardableResult
     static func writePageTables(_ memory: GuestMemory) throws(GuestMemoryError) -> Int {
-        let top = max(MemoryLayout.fourGiB, memory.regions.last!.end)
-        let gib = min(Int((top + (1 << 30) - 1) >> 30), BootLayout.maxPageDirectories)
+        let gib = pageTableGiB(memory)
         try memory.fill(0, at: BootLayout.pml4, count: 0x2000)
         try memory.write(BootLayout.pdpt | 0x7, at: BootLayout.pml4)
         for g in 0..<gib {
@@ -27,10 +26,23 @@ enum BootStructures {
         return gib
     }
 
-    /// MP floating pointer + configuration table at 0x9fc00: one processor entry per vCPU, a PCI and an
+    /// How many GiB (page directories) the identity map for `memory` covers.
+    static func pageTableGiB(_ memory: GuestMemory) -> Int {
+        let top = max(MemoryLayout.fourGiB, memory.regions.last!.end)
+        return min(Int((top + (1 << 30) - 1) >> 30), BootLayout.maxPageDirectories)
+    }
+
+    /// The most bytes the MP table can take for `cpuCount` CPUs: room for every PCI interrupt route
+    /// `Machine.routePCIInterrupt` may add later (eight, GSIs 16-23).
+    static func mpTableMaximumSize(cpuCount: Int) -> UInt64 {
+        UInt64(mpTable(cpuCount: cpuCount, pciInterrupts: (0..<8).map { (device: $0, pin: 1, ioapicPin: 16 + $0) }).count)
+    }
+
+    /// MP floating pointer + configuration table at `address` (0x9fc00 unless the image is there): one processor entry per vCPU, a PCI and an
     /// ISA bus, one IOAPIC, ISA IRQs 0-15 routed 1:1 to IOAPIC pins (KVM's default routing), PCI INTx
     /// routes for `pciInterrupts` (device, pin 1-4, IOAPIC pin), and LINT0 = ExtINT, LINT1 = NMI.
-    static func mpTable(cpuCount: Int, pciInterrupts: [(device: Int, pin: Int, ioapicPin: Int)] = []) -> [UInt8] {
+    static func mpTable(cpuCount: Int, pciInterrupts: [(device: Int, pin: Int, ioapicPin: Int)] = [],
+                        at address: UInt64 = BootLayout.mpTable) -> [UInt8] {
         let ioapicID = UInt8(cpuCount)
         var entries: [UInt8] = []
         var count = 0
@@ -52,7 +64,7 @@ enum BootStructures {
         entries += [4, 3, 0, 0, 0, 0, 0xff, 0]; count += 1   // ExtINT -> LINT0 of all CPUs
         entries += [4, 1, 0, 0, 0, 0, 0xff, 1]; count += 1   // NMI -> LINT1 of all CPUs
 
-        let tableAddress = UInt32(BootLayout.mpTable + 16)
+        let tableAddress = UInt32(truncatingIfNeeded: address + 16)
         var header: [UInt8] = Array("PCMP".utf8) + le16(UInt16(44 + entries.count)) + [4, 0]
         header += Array("MINIVSR ".utf8) + Array("PC          ".utf8)
         header += le32(0) + le16(0) + le16(UInt16(count)) + le32(UInt32(MemoryLayout.lapic)) + le16(0) + [0, 0]
@@ -65,7 +77,8 @@ enum BootStructures {
     }
 
     /// The minivisor boot information block (docs/boot-protocol.md), its memory map and command line.
-    static func writeBootInfo(_ memory: GuestMemory, cpuCount: Int, cmdline: String) throws(GuestMemoryError) {
+    static func writeBootInfo(_ memory: GuestMemory, cpuCount: Int, cmdline: String,
+                              mpTable: UInt64 = BootLayout.mpTable) throws(GuestMemoryError) {
         var map: [(UInt64, UInt64, UInt32)] = [(0, BootLayout.imageMinimum, 2)]
         for r in memory.regions {
             let start = max(r.guestAddress, BootLayout.imageMinimum)
@@ -94,7 +107,7 @@ enum BootStructures {
         try memory.write(memory.size, at: b + 40)
         try memory.write(BootLayout.apMailbox, at: b + 48)
         try memory.write(BootLayout.apSIPIVector, at: b + 56)
-        try memory.write(BootLayout.mpTable, at: b + 64)
+        try memory.write(mpTable, at: b + 64)
         try memory.fill(0, at: BootLayout.apMailbox, count: 32)
     }
 

@@ -3,7 +3,7 @@ import Glibc
 
 /// What to boot.
 public enum BootImage: Sendable {
-    /// An ELF64 x86-64 executable or a multiboot kernel, read from a file.
+    /// An ELF64 x86-64 executable or a multiboot kernel in a file (mapped and read in place, never copied whole).
     case file(String)
     /// The same, already in memory; `name` appears in error messages.
     case bytes([UInt8], name: String)
@@ -29,8 +29,8 @@ public struct BootModule: Sendable, Equatable {
 public enum BootEntry: Sendable, Equatable {
     /// 64-bit long mode, paging on (identity map), RDI = boot info, RSI = magic.
     case long64(rip: UInt64)
-    /// 32-bit protected mode, paging off, EAX = multiboot magic, EBX = info.
-    case multiboot(eip: UInt32)
+    /// 32-bit protected mode, paging off, EAX = multiboot magic, EBX = `info` (the multiboot information).
+    case multiboot(eip: UInt32, info: UInt32)
     /// Real mode at segment:0.
     case real16(segment: UInt16)
 }
@@ -42,83 +42,116 @@ public struct BootPlan: Sendable, Equatable {
     public let entry: BootEntry
     /// Whether secondary CPUs can be started through the firmware trampoline.
     public let hasAPTrampoline: Bool
+    /// Where the MP floating pointer is (0x9fc00 unless the image covers it; see `BootLayout.mpTable`).
+    public let mpTableAddress: UInt64
+
+    public init(kind: Kind, entry: BootEntry, hasAPTrampoline: Bool, mpTableAddress: UInt64 = BootLayout.mpTable) {
+        self.kind = kind
+        self.entry = entry
+        self.hasAPTrampoline = hasAPTrampoline
+        self.mpTableAddress = mpTableAddress
+    }
+}
+
+/// An image's bytes: one read-only buffer for parsing (a file mapping or an array's storage) and a way
+/// to copy a range of them into guest memory, the only copy ever made (pread from the file, or memcpy).
+struct ImageSource {
+    let name: String
+    let bytes: UnsafeRawBufferPointer
+    let file: ImageFile?
+
+    func copy(offset: UInt64, count: UInt64, to destination: UnsafeMutableRawPointer) throws(ImageError) {
+        guard count > 0 else { return }
+        guard offset <= UInt64(bytes.count), count <= UInt64(bytes.count) - offset, let base = bytes.baseAddress else {
+            throw .malformedELF(name, "segment bytes lie past the end of the file")
+        }
+        if let file {
+            try file.read(into: destination, count: count, offset: offset)
+        } else {
+            destination.copyMemory(from: base + Int(offset), byteCount: Int(count))
+        }
+    }
 }
 
 /// Loads images into guest memory and writes the boot structures their protocol needs.
+///
+/// Every size that comes from the image or a module (segments, bss, module files, strings) is checked
+/// against guest RAM and the other claimed ranges before any byte of it is read or written, and with
+/// overflow-checked arithmetic: no input traps, and what cannot be loaded intact is refused with one line.
 public enum ImageLoader {
-    public static func readFile(_ path: String) throws(ImageError) -> [UInt8] {
-        var st = stat()
-        guard stat(path, &st) == 0 else {
-            if errno == ENOENT || errno == ENOTDIR { throw .notFound(path) }
-            throw .unreadable(path, String(cString: strerror(errno)))
-        }
-        guard (st.st_mode & S_IFMT) == S_IFREG else { throw .unreadable(path, "not a regular file") }
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { throw .unreadable(path, String(cString: strerror(errno))) }
-        defer { close(fd) }
-        var out = [UInt8](repeating: 0, count: Int(st.st_size))
-        var done = 0
-        while done < out.count {
-            let n = out.withUnsafeMutableBytes { read(fd, $0.baseAddress! + done, $0.count - done) }
-            if n < 0 && errno == EINTR { continue }
-            guard n > 0 else { throw .unreadable(path, n == 0 ? "file shrank while reading" : String(cString: strerror(errno))) }
-            done += n
-        }
-        return out
-    }
-
-    /// Loads `image`, writes its boot structures for `cpuCount` CPUs, and returns how to enter it.
+    /// Loads `image`, writes its boot structures for `cpuCount` CPUs (1-255), and returns how to enter it.
     public static func load(_ image: BootImage, into memory: GuestMemory, cpuCount: Int, cmdline: String,
                             modules: [BootModule] = []) throws(ImageError) -> BootPlan {
+        precondition((1...255).contains(cpuCount), "cpuCount must be 1-255 (ConfigurationError.validate checks it)")
         guard cmdline.utf8.count <= BootLayout.cmdlineMaxBytes else { throw .commandLineTooLong(cmdline.utf8.count) }
-        do {
-            try BootStructures.writeGDT(memory)
-            try memory.write(bytes: BootStructures.mpTable(cpuCount: cpuCount), at: BootLayout.mpTable)
-        } catch { throw .segmentOutsideRAM("boot structures", start: 0, end: BootLayout.ebdaEnd, ramDescription: describe(memory)) }
+        guard !cmdline.utf8.contains(0) else { throw .nulInText("the command line") }
+        let context = Context(memory: memory, cpuCount: cpuCount, cmdline: cmdline, modules: modules)
 
         switch image {
         case .builtinDemo:
             var len: UInt = 0
             let p = mv_firmware_demo_guest(&len)!
-            let bytes = Array(UnsafeBufferPointer(start: p, count: Int(len)))
-            try place(bytes, at: BootLayout.imageMinimum, name: "built-in demo guest", memory: memory)
-            try writeLongModeStructures(memory, cpuCount: cpuCount, cmdline: cmdline)
+            try context.writeFixedLowStructures()
+            try place(UnsafeRawBufferPointer(start: p, count: Int(len)), at: BootLayout.imageMinimum, name: "built-in demo guest", memory: memory)
+            try context.writeLongModeStructures(mpTable: BootLayout.mpTable)
             return BootPlan(kind: .demo, entry: .long64(rip: BootLayout.imageMinimum), hasAPTrampoline: true)
 
         case let .realModeBlob(bytes, loadAddress):
             precondition(loadAddress < 0x100000 && loadAddress % 16 == 0, "real-mode blob must sit below 1 MiB, 16-byte aligned")
-            try place(bytes, at: loadAddress, name: "real-mode blob", memory: memory)
+            try context.writeFixedLowStructures()
+            try bytes.withUnsafeBytes { buf in Result { () throws(ImageError) in
+                try place(buf, at: loadAddress, name: "real-mode blob", memory: memory)
+            } }.get()
             return BootPlan(kind: .realMode, entry: .real16(segment: UInt16(loadAddress >> 4)), hasAPTrampoline: false)
 
         case .file(let path):
-            let bytes = try readFile(path)
-            return try loadBytes(bytes, name: path, memory: memory, cpuCount: cpuCount, cmdline: cmdline, modules: modules)
+            let file = try ImageFile(path: path, role: .image)
+            guard file.size > 0 else { throw .empty(path) }
+            return try file.withMapping { buf throws(ImageError) in
+                try context.load(ImageSource(name: path, bytes: buf, file: file))
+            }
 
         case let .bytes(bytes, name):
-            return try loadBytes(bytes, name: name, memory: memory, cpuCount: cpuCount, cmdline: cmdline, modules: modules)
+            guard !bytes.isEmpty else { throw .empty(name) }
+            return try bytes.withUnsafeBytes { buf in Result { () throws(ImageError) in
+                try context.load(ImageSource(name: name, bytes: buf, file: nil))
+            } }.get()
         }
     }
 
-    static func loadBytes(_ bytes: [UInt8], name: String, memory: GuestMemory, cpuCount: Int, cmdline: String,
-                          modules: [BootModule]) throws(ImageError) -> BootPlan {
-        guard !bytes.isEmpty else { throw .empty(name) }
-        if ELFParser.isELF(bytes), bytes.count > 18, bytes[4] == 2 /* ELFCLASS64 */ {
-            let elf = try ELFParser.parse(bytes, name: name)
-            guard elf.machine == 62 else { throw .wrongMachine(name, elf.machine) }
-            guard elf.type == 2 else { throw .notExecutable(name, elf.type) }
-            guard modules.isEmpty else {
-                throw .multiboot(name, "--module is only passed to multiboot kernels; this is an ELF64 guest, drop --module")
-            }
-            try placeSegments(elf.segments, entry: elf.entry, bytes: bytes, name: name, memory: memory)
-            try writeLongModeStructures(memory, cpuCount: cpuCount, cmdline: cmdline)
-            return BootPlan(kind: .elf64, entry: .long64(rip: elf.entry), hasAPTrampoline: true)
+    static func place(_ bytes: UnsafeRawBufferPointer, at address: UInt64, name: String, memory: GuestMemory) throws(ImageError) {
+        do { try memory.write(bytes, at: address) } catch {
+            throw .segmentOutsideRAM(name, start: address, end: address &+ UInt64(bytes.count), ramDescription: describe(memory))
         }
-        if let mb = try MultibootHeader.find(in: bytes, name: name) {
-            var segments: [LoadSegment]
-            var entry: UInt64
-            if mb.usesAOutKludge {
-                (segments, entry) = try mb.aoutLayout(fileSize: bytes.count, name: name)
-            } else {
+    }
+
+    static func describe(_ memory: GuestMemory) -> String {
+        memory.regions.map { "0x\(String($0.guestAddress, radix: 16))-0x\(String($0.end, radix: 16))" }.joined(separator: ", ")
+    }
+
+    /// One load: the memory, the machine's shape and what the user passed.
+    struct Context {
+        let memory: GuestMemory
+        let cpuCount: Int
+        let cmdline: String
+        let modules: [BootModule]
+
+        func load(_ source: ImageSource) throws(ImageError) -> BootPlan {
+            let bytes = source.bytes, name = source.name
+            if ELFParser.isELF(bytes), bytes.count > 18, bytes[4] == 2 /* ELFCLASS64 */ {
+                let elf = try ELFParser.parse(bytes, name: name)
+                guard elf.machine == 62 else { throw .wrongMachine(name, elf.machine) }
+                guard elf.type == 2 else { throw .notExecutable(name, elf.type) }
+                guard modules.isEmpty else {
+                    throw .multiboot(name, "--module is only passed to multiboot kernels; this is an ELF64 guest, drop --module")
+                }
+                return try loadELF64(elf, source)
+            }
+            if let mb = try MultibootHeader.find(in: bytes, name: name) {
+                if mb.usesAOutKludge {
+                    let (segments, entry) = try mb.aoutLayout(fileSize: bytes.count, name: name)
+                    return try loadMultiboot(segments: segments, entry: entry, source)
+                }
                 guard ELFParser.isELF(bytes) else {
                     throw .multiboot(name, "image is not ELF and its header lacks the a.out kludge (flag bit 16); set the address fields")
                 }
@@ -126,79 +159,161 @@ public enum ImageLoader {
                 guard !elf.is64Bit, elf.machine == 3 else {
                     throw .multiboot(name, "a multiboot ELF must be ELF32 i386 (or use the a.out kludge); build it with -m32")
                 }
-                segments = elf.segments
-                entry = elf.entry
+                return try loadMultiboot(segments: elf.segments, entry: elf.entry, source)
             }
-            try placeSegments(segments, entry: entry, bytes: bytes, name: name, memory: memory)
-            var end = segments.map { $0.physicalAddress + $0.memorySize }.max() ?? BootLayout.imageMinimum
+            if bytes.count > 0x206, bytes[0x202] == 0x48, bytes[0x203] == 0x64, bytes[0x204] == 0x72, bytes[0x205] == 0x53 {
+                throw .bzImageUnsupported(name)   // "HdrS": leave room for the Linux boot protocol
+            }
+            if ELFParser.isELF(bytes) {
+                let cls = bytes.count > 4 && bytes[4] == 1 ? "32-bit" : "non-64-bit"
+                throw .wrongClass(name, cls)
+            }
+            throw .unknownFormat(name)
+        }
+
+        // MARK: ELF64 (minivisor protocol): fixed low-memory structures
+
+        func loadELF64(_ elf: ELFImage, _ source: ImageSource) throws(ImageError) -> BootPlan {
+            var ranges = GuestRanges()
+            for s in BootLayout.longModeStructures(pageTableGiB: BootStructures.pageTableGiB(memory)) {
+                ranges.claim(s.start, s.end, s.what)
+            }
+            try claimSegments(elf.segments, entry: elf.entry, name: source.name, in: &ranges)
+            let mp = try placeMPTable(name: source.name, in: &ranges)
+            try copySegments(elf.segments, source)
+            try writeFixedLowStructures(mpTable: mp)
+            try writeLongModeStructures(mpTable: mp)
+            return BootPlan(kind: .elf64, entry: .long64(rip: elf.entry), hasAPTrampoline: true, mpTableAddress: mp)
+        }
+
+        // MARK: multiboot: only the first page is fixed
+
+        /// Where placed multiboot data may go: usable RAM below 4 GiB, outside the reserved 0x9fc00-1 MiB.
+        var multibootAreas: [Range<UInt64>] {
+            let top = min(memory.regions[0].end, MemoryLayout.fourGiB)
+            return [BootLayout.firstPageEnd..<BootLayout.mpTable, 0x100000..<top].filter { $0.lowerBound < top }
+                .map { $0.lowerBound..<min($0.upperBound, top) }
+        }
+
+        func loadMultiboot(segments: [LoadSegment], entry: UInt64, _ source: ImageSource) throws(ImageError) -> BootPlan {
+            for m in modules where m.string.utf8.contains(0) { throw .nulInText("the string of module \(quoted(m.path))") }
+            var ranges = GuestRanges()
+            ranges.claim(0, BootLayout.firstPageEnd, "real-mode IVT, BIOS data area and boot GDT")
+            try claimSegments(segments, entry: entry, name: source.name, in: &ranges)
+            let mp = try placeMPTable(name: source.name, in: &ranges)
+            try copySegments(segments, source)
+
+            // Modules: page-aligned after the kernel, as QEMU and GRUB load them; each file is sized
+            // against the free RAM left for it before a byte of it is read, then read straight into place.
+            let areas = multibootAreas
+            var cursor = segments.map(\.end).max() ?? 0
             var loaded: [MultibootInfoWriter.Module] = []
             for m in modules {
-                let data: [UInt8]
-                do { data = try readFile(m.path) } catch { throw .moduleUnreadable(m.path, "\(error)") }
-                end = (end + 0xfff) & ~0xfff
-                guard end + UInt64(data.count) <= min(memory.regions[0].end, MemoryLayout.fourGiB) else { throw .modulesDoNotFit(m.path) }
-                do { try memory.write(bytes: data, at: end) } catch { throw .modulesDoNotFit(m.path) }
-                loaded.append(.init(start: end, end: end + UInt64(data.count), string: m.string))
-                end += UInt64(data.count)
-            }
-            do { try MultibootInfoWriter.write(memory: memory, cmdline: cmdline, modules: loaded) }
-            catch { throw .segmentOutsideRAM("multiboot information", start: 0, end: 0x6000, ramDescription: describe(memory)) }
-            return BootPlan(kind: .multiboot, entry: .multiboot(eip: UInt32(truncatingIfNeeded: entry)), hasAPTrampoline: false)
-        }
-        if bytes.count > 0x206, bytes[0x202] == 0x48, bytes[0x203] == 0x64, bytes[0x204] == 0x72, bytes[0x205] == 0x53 {
-            throw .bzImageUnsupported(name)   // "HdrS": leave room for the Linux boot protocol
-        }
-        if ELFParser.isELF(bytes) {
-            let cls = bytes.count > 4 && bytes[4] == 1 ? "32-bit" : "non-64-bit"
-            throw .wrongClass(name, cls)
-        }
-        throw .unknownFormat(name)
-    }
-
-    static func placeSegments(_ segments: [LoadSegment], entry: UInt64, bytes: [UInt8], name: String,
-                              memory: GuestMemory) throws(ImageError) {
-        guard !segments.isEmpty else { throw .noLoadableSegments(name) }
-        for s in segments {
-            guard s.physicalAddress >= BootLayout.imageMinimum else { throw .segmentBelowMinimum(name, start: s.physicalAddress) }
-            guard memory.contains(s.physicalAddress, length: s.memorySize) else {
-                throw .segmentOutsideRAM(name, start: s.physicalAddress, end: s.physicalAddress + s.memorySize, ramDescription: describe(memory))
-            }
-        }
-        guard segments.contains(where: { entry >= $0.physicalAddress && entry < $0.physicalAddress + $0.memorySize }) else {
-            throw .entryOutsideImage(name, entry)
-        }
-        for s in segments {
-            do {
-                let dst = try memory.pointer(s.physicalAddress, length: s.memorySize)
-                bytes.withUnsafeBytes { src in
-                    dst.copyMemory(from: src.baseAddress! + Int(s.fileOffset), byteCount: Int(s.fileSize))
+                let file = try ImageFile(path: m.path, role: .module)
+                guard let start = ranges.place(size: file.size, align: MemoryLayout.pageSize, from: cursor, in: areas) else {
+                    throw .moduleDoesNotFit(m.path, size: file.size,
+                                            largestFree: ranges.largestFree(align: MemoryLayout.pageSize, from: cursor, in: areas))
                 }
-                memset(dst + Int(s.fileSize), 0, Int(s.memorySize - s.fileSize))
-            } catch {
-                throw .segmentOutsideRAM(name, start: s.physicalAddress, end: s.physicalAddress + s.memorySize, ramDescription: describe(memory))
+                if file.size > 0 {
+                    let destination: UnsafeMutableRawPointer
+                    do { destination = try memory.pointer(start, length: file.size) } catch {
+                        throw .moduleDoesNotFit(m.path, size: file.size, largestFree: 0)
+                    }
+                    try file.read(into: destination, count: file.size, offset: 0)
+                }
+                ranges.claim(start, start + file.size, "module \(quoted(m.path))")
+                loaded.append(.init(start: start, end: start + file.size, string: m.string))
+                cursor = start + file.size
+            }
+
+            // The information block, module list and strings: one block, sized from what was given.
+            let layout = MultibootInfoWriter.Layout(memory: memory, cmdline: cmdline, moduleStrings: modules.map(\.string))
+            guard let info = ranges.place(size: layout.size, align: MemoryLayout.pageSize, from: BootLayout.firstPageEnd, in: areas) else {
+                throw .multibootInfoDoesNotFit(bytes: layout.size, modules: modules.count,
+                                               largestFree: ranges.largestFree(align: MemoryLayout.pageSize, from: 0, in: areas))
+            }
+            do { try MultibootInfoWriter.write(memory: memory, at: info, layout: layout, cmdline: cmdline, modules: loaded) }
+            catch { throw .noRoomForBootStructures("multiboot information", ramDescription: describe(memory)) }
+            try writeFixedLowStructures(mpTable: mp)
+            return BootPlan(kind: .multiboot, entry: .multiboot(eip: UInt32(truncatingIfNeeded: entry), info: UInt32(info)),
+                            hasAPTrampoline: false, mpTableAddress: mp)
+        }
+
+        // MARK: shared steps
+
+        /// Checks every segment lies in RAM and on no claimed range (boot structures, other segments), and
+        /// that the entry point is inside one; then claims them. Nothing is written yet.
+        func claimSegments(_ segments: [LoadSegment], entry: UInt64, name: String, in ranges: inout GuestRanges) throws(ImageError) {
+            guard !segments.isEmpty else { throw .noLoadableSegments(name) }
+            for s in segments {
+                guard memory.contains(s.physicalAddress, length: s.memorySize) else {
+                    throw .segmentOutsideRAM(name, start: s.physicalAddress, end: s.end, ramDescription: describe(memory))
+                }
+                if let c = ranges.overlap(s.physicalAddress, s.end) {
+                    if c.what == "image" {
+                        throw .malformedELF(name, "segments at 0x\(String(c.start, radix: 16)) and 0x\(String(s.physicalAddress, radix: 16)) overlap")
+                    }
+                    throw .overlapsBootStructure(name, start: s.physicalAddress, end: s.end, structure: c.what,
+                                                 structureStart: c.start, structureEnd: c.end)
+                }
+                ranges.claim(s.physicalAddress, s.end, "image")
+            }
+            guard segments.contains(where: { entry >= $0.physicalAddress && entry < $0.end }) else {
+                throw .entryOutsideImage(name, entry)
             }
         }
-    }
 
-    static func place(_ bytes: [UInt8], at address: UInt64, name: String, memory: GuestMemory) throws(ImageError) {
-        do { try memory.write(bytes: bytes, at: address) } catch {
-            throw .segmentOutsideRAM(name, start: address, end: address + UInt64(bytes.count), ramDescription: describe(memory))
+        /// The MP table goes at 0x9fc00 unless the image is there, else in 0xf0000-0xfffff; claims it.
+        func placeMPTable(name: String, in ranges: inout GuestRanges) throws(ImageError) -> UInt64 {
+            let size = BootStructures.mpTableMaximumSize(cpuCount: cpuCount)
+            let preferred = BootLayout.mpTable
+            let address: UInt64
+            if let c = ranges.overlap(preferred, preferred + size) {
+                guard let a = ranges.place(size: size, align: 16, from: 0, in: [BootLayout.mpTableAlternative]) else {
+                    throw .overlapsBootStructure(name, start: c.start, end: c.end, structure: "MP table (0xf0000-0xfffff, its other place, is taken too)",
+                                                 structureStart: preferred, structureEnd: preferred + size)
+                }
+                address = a
+            } else {
+                address = preferred
+            }
+            guard memory.contains(address, length: size) else {
+                throw .noRoomForBootStructures("MP table", ramDescription: describe(memory))
+            }
+            ranges.claim(address, address + size, "MP table")
+            return address
         }
-    }
 
-    static func writeLongModeStructures(_ memory: GuestMemory, cpuCount: Int, cmdline: String) throws(ImageError) {
-        do {
-            try BootStructures.writePageTables(memory)
-            try BootStructures.writeBootInfo(memory, cpuCount: cpuCount, cmdline: cmdline)
-            var len: UInt = 0
-            let p = mv_firmware_ap_trampoline(&len)!
-            try memory.write(UnsafeRawBufferPointer(start: p, count: Int(len)), at: BootLayout.apTrampoline)
-        } catch {
-            throw .segmentOutsideRAM("boot structures", start: 0, end: BootLayout.bootStackTop, ramDescription: describe(memory))
+        /// Copies each segment's file bytes into guest memory once and zeroes its tail (checked before).
+        func copySegments(_ segments: [LoadSegment], _ source: ImageSource) throws(ImageError) {
+            for s in segments {
+                let destination: UnsafeMutableRawPointer
+                do { destination = try memory.pointer(s.physicalAddress, length: s.memorySize) } catch {
+                    throw .segmentOutsideRAM(source.name, start: s.physicalAddress, end: s.end, ramDescription: describe(memory))
+                }
+                try source.copy(offset: s.fileOffset, count: s.fileSize, to: destination)
+                memset(destination + Int(s.fileSize), 0, Int(s.memorySize - s.fileSize))
+            }
         }
-    }
 
-    static func describe(_ memory: GuestMemory) -> String {
-        memory.regions.map { "0x\(String($0.guestAddress, radix: 16))-0x\(String($0.end, radix: 16))" }.joined(separator: ", ")
+        /// The first page (GDT at 0x500) and the MP table, which every kind of guest gets.
+        func writeFixedLowStructures(mpTable: UInt64 = BootLayout.mpTable) throws(ImageError) {
+            do {
+                try BootStructures.writeGDT(memory)
+                try memory.write(bytes: BootStructures.mpTable(cpuCount: cpuCount, at: mpTable), at: mpTable)
+            } catch { throw .noRoomForBootStructures("boot GDT and MP table", ramDescription: describe(memory)) }
+        }
+
+        func writeLongModeStructures(mpTable: UInt64) throws(ImageError) {
+            do {
+                try BootStructures.writePageTables(memory)
+                try BootStructures.writeBootInfo(memory, cpuCount: cpuCount, cmdline: cmdline, mpTable: mpTable)
+                var len: UInt = 0
+                let p = mv_firmware_ap_trampoline(&len)!
+                try memory.write(UnsafeRawBufferPointer(start: p, count: Int(len)), at: BootLayout.apTrampoline)
+            } catch {
+                throw .noRoomForBootStructures("page tables, boot information and AP trampoline", ramDescription: describe(memory))
+            }
+        }
     }
 }

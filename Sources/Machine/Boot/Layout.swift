@@ -1,14 +1,15 @@
-/// Fixed guest-physical addresses of the boot structures (docs/boot-protocol.md). Firmware/ap_trampoline.S
-/// hard-codes apMailbox, apTrampoline and pml4: keep them in step.
+/// Guest-physical addresses of the boot structures (docs/boot-protocol.md). Firmware/ap_trampoline.S
+/// hard-codes apMailbox, apTrampoline and pml4: keep them in step. ELF64 guests find every structure at
+/// its fixed address; for multiboot kernels only the first page is fixed, the MP table moves out of the
+/// image's way and the multiboot information is placed where the image and modules are not.
 public enum BootLayout {
+    /// The first page: real-mode IVT (0-0x3ff), BIOS data area (0x400-0x4ff), boot GDT at 0x500.
+    public static let firstPageEnd: UInt64 = 0x1000
     public static let gdt: UInt64 = 0x500
     public static let bootInfo: UInt64 = 0x1000
     public static let cmdline: UInt64 = 0x2000
     public static let cmdlineMaxBytes = 4095
     public static let memoryMapEntries: UInt64 = 0x4000
-    public static let multibootModules: UInt64 = 0x5000
-    public static let multibootStrings: UInt64 = 0x5400
-    public static let multibootStringsEnd: UInt64 = 0x6000
     public static let apMailbox: UInt64 = 0x6000
     public static let apTrampoline: UInt64 = 0x8000
     public static let apSIPIVector: UInt32 = UInt32(apTrampoline >> 12)
@@ -18,12 +19,28 @@ public enum BootLayout {
     /// Page directories may use [0xb000, 0x70000): 101 pages, 1 GiB each.
     public static let maxPageDirectories = Int((0x70000 - 0xb000) / 0x1000)
     public static let bootStackTop: UInt64 = 0x80000
+    /// The MP floating pointer and table: in the last KiB of base memory, or, when the image covers that,
+    /// in `mpTableAlternative` (0xf0000-0xfffff), the other area the MP specification has an OS search.
     public static let mpTable: UInt64 = 0x9fc00
+    public static let mpTableAlternative: Range<UInt64> = 0xf0000..<0x100000
     public static let ebdaEnd: UInt64 = 0xa0000
     /// The identity map marks [uncachedStart, 4 GiB) uncached (IOAPIC at 0xfec00000, LAPIC at 0xfee00000).
     public static let uncachedStart: UInt64 = 0xFE00_0000
-    /// Lowest address an image may load at (everything below belongs to the boot structures).
+    /// Where minivisor loads its own images (the built-in demo guest); guest images usually link here too.
     public static let imageMinimum: UInt64 = 0x100000
+
+    /// The fixed structures of the ELF64 (minivisor) protocol with `pageTableGiB` page directories: an
+    /// ELF64 image may load anywhere in RAM except over one of these.
+    static func longModeStructures(pageTableGiB: Int) -> [(what: String, start: UInt64, end: UInt64)] {
+        [("real-mode IVT, BIOS data area and boot GDT", 0, firstPageEnd),
+         ("boot information block", bootInfo, bootInfo + 0x1000),
+         ("command line", cmdline, cmdline + 0x2000),
+         ("memory map", memoryMapEntries, memoryMapEntries + 0x1000),
+         ("AP mailbox", apMailbox, apMailbox + 0x1000),
+         ("AP trampoline", apTrampoline, apTrampoline + 0x1000),
+         ("page tables", pml4, pageDirectories + UInt64(pageTableGiB) * 0x1000),
+         ("boot stack", bootStackTop - 0x10000, bootStackTop)]
+    }
 
     /// Selectors in the boot GDT.
     public static let code64Selector: UInt16 = 0x08

@@ -16,9 +16,13 @@ public struct MultibootHeader: Equatable, Sendable {
 
     public var usesAOutKludge: Bool { flags & MultibootHeader.flagAOutKludge != 0 }
 
+    public static func find(in bytes: [UInt8], name: String) throws(ImageError) -> MultibootHeader? {
+        try bytes.withUnsafeBytes { buf in Result { () throws(ImageError) in try find(in: buf, name: name) } }.get()
+    }
+
     /// Finds and validates the header in the first 8 KiB. Returns nil when there is no magic there;
     /// throws when a header is present but unusable.
-    public static func find(in bytes: [UInt8], name: String) throws(ImageError) -> MultibootHeader? {
+    public static func find(in bytes: UnsafeRawBufferPointer, name: String) throws(ImageError) -> MultibootHeader? {
         func u32(_ o: Int) -> UInt32 {
             UInt32(bytes[o]) | UInt32(bytes[o + 1]) << 8 | UInt32(bytes[o + 2]) << 16 | UInt32(bytes[o + 3]) << 24
         }
@@ -85,45 +89,69 @@ extension MultibootHeader {
     }
 }
 
-/// Builds the multiboot information structure at BootLayout.bootInfo.
+/// Builds the multiboot information: the `multiboot_info` block followed by the memory map, the module
+/// list, the command line, the boot loader name and every module string, in one block whose size is
+/// computed from what is given (nothing is cut, dropped or overlaid). The loader places the block where
+/// the image and modules are not.
 struct MultibootInfoWriter {
     static let flagMemory: UInt32 = 1 << 0
     static let flagCmdline: UInt32 = 1 << 2
     static let flagModules: UInt32 = 1 << 3
     static let flagMemoryMap: UInt32 = 1 << 6
     static let flagBootLoaderName: UInt32 = 1 << 9
+    static let bootLoaderName = "minivisor"
+    /// `multiboot_info` is 88 bytes up to the VBE fields (116 with the framebuffer ones); 128 are cleared.
+    static let infoBytes: UInt64 = 128
 
     struct Module { let start: UInt64; let end: UInt64; let string: String }
 
-    static func write(memory: GuestMemory, cmdline: String, modules: [Module]) throws(GuestMemoryError) {
-        let info = BootLayout.bootInfo
-        try memory.fill(0, at: info, count: 128)
-        // Memory map: classic PC layout.
-        var entries: [(UInt64, UInt64, UInt32)] = [(0, 0x9fc00, 1), (0x9fc00, 0x100000 - 0x9fc00, 2)]
-        for r in memory.regions {
-            let start = max(r.guestAddress, 0x100000)
-            if r.end > start { entries.append((start, r.end - start, 1)) }
+    /// Offsets inside the block and its total size.
+    struct Layout {
+        let memoryMap: [(base: UInt64, length: UInt64, type: UInt32)]
+        let memoryMapOffset: UInt64
+        let modulesOffset: UInt64
+        let cmdlineOffset: UInt64
+        let loaderNameOffset: UInt64
+        let stringsOffset: UInt64
+        let size: UInt64
+
+        init(memory: GuestMemory, cmdline: String, moduleStrings: [String]) {
+            // Classic PC map: 0-0x9fc00 usable, up to 1 MiB reserved, then RAM.
+            var map: [(base: UInt64, length: UInt64, type: UInt32)] = [(0, 0x9fc00, 1), (0x9fc00, 0x100000 - 0x9fc00, 2)]
+            for r in memory.regions {
+                let start = max(r.guestAddress, 0x100000)
+                if r.end > start { map.append((start, r.end - start, 1)) }
+            }
+            memoryMap = map
+            memoryMapOffset = infoBytes
+            modulesOffset = memoryMapOffset + UInt64(map.count) * 24
+            cmdlineOffset = modulesOffset + UInt64(moduleStrings.count) * 16
+            loaderNameOffset = cmdlineOffset + UInt64(cmdline.utf8.count) + 1
+            stringsOffset = loaderNameOffset + UInt64(bootLoaderName.utf8.count) + 1
+            size = moduleStrings.reduce(stringsOffset) { $0 + UInt64($1.utf8.count) + 1 }
         }
-        var a = BootLayout.memoryMapEntries
-        for (base, len, type) in entries {
+    }
+
+    /// Writes the block laid out by `layout` at `base` (below 4 GiB: every pointer in it is 32 bits).
+    static func write(memory: GuestMemory, at base: UInt64, layout: Layout, cmdline: String, modules: [Module]) throws(GuestMemoryError) {
+        guard base < MemoryLayout.fourGiB, layout.size <= MemoryLayout.fourGiB - base else {
+            throw .outOfRange(address: base, length: layout.size)
+        }
+        try memory.fill(0, at: base, count: infoBytes)
+        var a = base + layout.memoryMapOffset
+        for e in layout.memoryMap {
             try memory.write(UInt32(20), at: a)
-            try memory.write(base, at: a + 4)
-            try memory.write(len, at: a + 12)
-            try memory.write(type, at: a + 20)
+            try memory.write(e.base, at: a + 4)
+            try memory.write(e.length, at: a + 12)
+            try memory.write(e.type, at: a + 20)
             a += 24
         }
-        let lowTop = memory.regions[0].end
-        let memUpperKiB = UInt32(truncatingIfNeeded: (lowTop > 0x100000 ? lowTop - 0x100000 : 0) / 1024)
-        // Strings: command line, boot loader name, module strings.
-        try writeString(memory, cmdline, at: BootLayout.cmdline)
-        var s = BootLayout.multibootStrings
-        let loaderName = s
-        try writeString(memory, "minivisor", at: s)
-        s += 16
-        var m = BootLayout.multibootModules
+        try memory.write(bytes: Array(cmdline.utf8) + [0], at: base + layout.cmdlineOffset)
+        try memory.write(bytes: Array(bootLoaderName.utf8) + [0], at: base + layout.loaderNameOffset)
+        var s = base + layout.stringsOffset
+        var m = base + layout.modulesOffset
         for mod in modules {
-            let bytes = Array(mod.string.utf8.prefix(255))
-            guard s + UInt64(bytes.count) + 1 <= BootLayout.multibootStringsEnd else { break }
+            let bytes = Array(mod.string.utf8)
             try memory.write(bytes: bytes + [0], at: s)
             try memory.write(UInt32(mod.start), at: m)
             try memory.write(UInt32(mod.end), at: m + 4)
@@ -132,19 +160,16 @@ struct MultibootInfoWriter {
             s += UInt64(bytes.count) + 1
             m += 16
         }
-        let modCount = UInt32((m - BootLayout.multibootModules) / 16)
-        try memory.write(flagMemory | flagCmdline | flagModules | flagMemoryMap | flagBootLoaderName, at: info + 0)
-        try memory.write(UInt32(639), at: info + 4)
-        try memory.write(memUpperKiB, at: info + 8)
-        try memory.write(UInt32(BootLayout.cmdline), at: info + 16)
-        try memory.write(modCount, at: info + 20)
-        try memory.write(UInt32(BootLayout.multibootModules), at: info + 24)
-        try memory.write(UInt32(a - BootLayout.memoryMapEntries), at: info + 44)
-        try memory.write(UInt32(BootLayout.memoryMapEntries), at: info + 48)
-        try memory.write(UInt32(loaderName), at: info + 64)
-    }
-
-    static func writeString(_ memory: GuestMemory, _ s: String, at address: UInt64) throws(GuestMemoryError) {
-        try memory.write(bytes: Array(s.utf8.prefix(BootLayout.cmdlineMaxBytes)) + [0], at: address)
+        let lowTop = memory.regions[0].end
+        let memUpperKiB = UInt32(truncatingIfNeeded: (lowTop > 0x100000 ? lowTop - 0x100000 : 0) / 1024)
+        try memory.write(flagMemory | flagCmdline | flagModules | flagMemoryMap | flagBootLoaderName, at: base + 0)
+        try memory.write(UInt32(639), at: base + 4)
+        try memory.write(memUpperKiB, at: base + 8)
+        try memory.write(UInt32(base + layout.cmdlineOffset), at: base + 16)
+        try memory.write(UInt32(modules.count), at: base + 20)
+        try memory.write(UInt32(base + layout.modulesOffset), at: base + 24)
+        try memory.write(UInt32(layout.memoryMap.count * 24), at: base + 44)
+        try memory.write(UInt32(base + layout.memoryMapOffset), at: base + 48)
+        try memory.write(UInt32(base + layout.loaderNameOffset), at: base + 64)
     }
 }

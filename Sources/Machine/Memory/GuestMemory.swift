@@ -152,6 +152,7 @@ public final class GuestMemory: @unchecked Sendable {
     }
 
     public func readBytes(at address: UInt64, count: Int) throws(GuestMemoryError) -> [UInt8] {
+        guard count >= 0 else { throw .outOfRange(address: address, length: UInt64(bitPattern: Int64(count))) }
         let p = try pointer(address, length: UInt64(count))
         return Array(UnsafeRawBufferPointer(start: p, count: count))
     }

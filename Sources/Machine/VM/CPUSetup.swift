@@ -109,7 +109,7 @@ enum CPUSetup {
             regs.rsp = BootLayout.bootStackTop
             regs.rdi = BootLayout.bootInfo
             regs.rsi = UInt64(BootMagic.minivisorBootInfo)
-        case .multiboot(let eip):
+        case let .multiboot(eip, info):
             let data = segment(selector: BootLayout.dataSelector, type: 0x3, db: true)
             sregs.cs = segment(selector: BootLayout.code32Selector, type: 0xb, db: true)
             sregs.ds = data; sregs.es = data; sregs.fs = data; sregs.gs = data; sregs.ss = data
@@ -122,7 +122,7 @@ enum CPUSetup {
             sregs.efer = 0
             regs.rip = UInt64(eip)
             regs.rax = UInt64(BootMagic.multibootBootloader)
-            regs.rbx = BootLayout.bootInfo
+            regs.rbx = UInt64(info)
         case .real16(let seg):
             sregs.cs.selector = seg
             sregs.cs.base = UInt64(seg) << 4

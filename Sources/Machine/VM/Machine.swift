@@ -106,8 +106,8 @@ public final class Machine: MachineControl, @unchecked Sendable {
             return r
         }
         guard let routes else { return nil }
-        try? memory.write(bytes: BootStructures.mpTable(cpuCount: configuration.cpuCount, pciInterrupts: routes),
-                          at: BootLayout.mpTable)
+        try? memory.write(bytes: BootStructures.mpTable(cpuCount: configuration.cpuCount, pciInterrupts: routes, at: bootPlan.mpTableAddress),
+                          at: bootPlan.mpTableAddress)
         return UInt32(routes.last!.ioapicPin)
     }
 
