@@ -77,3 +77,19 @@ void ckvm_set_thread_name(const char *name) {
     buf[15] = 0;
     pthread_setname_np(pthread_self(), buf);
 }
+
+#include <unistd.h>
+long ckvm_stats_offset(int fd, const char *name) {
+    struct kvm_stats_header h;
+    if (pread(fd, &h, sizeof h, 0) != (ssize_t)sizeof h) return -1;
+    size_t each = sizeof(struct kvm_stats_desc) + h.name_size;
+    struct kvm_stats_desc *d = malloc(each);
+    if (!d) return -1;
+    long found = -1;
+    for (uint32_t i = 0; i < h.num_desc && found < 0; i++) {
+        if (pread(fd, d, each, h.desc_offset + i * each) != (ssize_t)each) break;
+        if (strncmp(d->name, name, h.name_size) == 0 && d->size >= 1) found = (long)h.data_offset + d->offset;
+    }
+    free(d);
+    return found;
+}

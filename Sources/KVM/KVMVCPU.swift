@@ -72,7 +72,9 @@ public final class KVMVCPU: @unchecked Sendable {
             }
             return .internalError(.init(suberror: sub, data: data, instructionBytes: bytes))
         case KVM_EXIT_SYSTEM_EVENT: return .systemEvent(type: ckvm_run_system_event_type(run))
-        case KVM_EXIT_DEBUG: return .debug(exception: ckvm_run_ex_exception(run))
+        case KVM_EXIT_DEBUG:
+            return .debug(.init(exception: ckvm_run_debug_exception(run), pc: ckvm_run_debug_pc(run),
+                                dr6: ckvm_run_debug_dr6(run), dr7: ckvm_run_debug_dr7(run)))
         case KVM_EXIT_INTR: return .interrupted
         default: return .unknown(reason: ckvm_run_exit_reason(run))
         }
@@ -195,4 +197,73 @@ public final class KVMVCPU: @unchecked Sendable {
         _ = try check("KVM_TRANSLATE(vCPU \(id))") { ckvm_ioctl(fd.rawValue, CKVM_KVM_TRANSLATE, &t) }
         return t.valid != 0 ? t.physical_address : nil
     }
+
+    // MARK: debugging
+
+    /// What KVM_SET_GUEST_DEBUG asks of the vCPU.
+    public struct GuestDebug: Sendable, Equatable {
+        /// Exit with KVM_EXIT_DEBUG after every instruction.
+        public var singleStep = false
+        /// Exit on #BP (int3) instead of delivering it to the guest.
+        public var softwareBreakpoints = false
+        /// DR0-DR3 and DR7 for hardware breakpoints and watchpoints (exits on #DB instead of delivering it).
+        public var hardwareBreakpoints: (addresses: [UInt64], dr7: UInt64)? = nil
+        public init() {}
+        public var enabled: Bool { singleStep || softwareBreakpoints || hardwareBreakpoints != nil }
+        public static func == (a: GuestDebug, b: GuestDebug) -> Bool {
+            a.singleStep == b.singleStep && a.softwareBreakpoints == b.softwareBreakpoints
+                && a.hardwareBreakpoints?.addresses == b.hardwareBreakpoints?.addresses
+                && a.hardwareBreakpoints?.dr7 == b.hardwareBreakpoints?.dr7
+        }
+    }
+
+    /// KVM_SET_GUEST_DEBUG: single-step, #BP and #DB interception, hardware debug registers.
+    public func setGuestDebug(_ debug: GuestDebug) throws {
+        var g = kvm_guest_debug()
+        if debug.enabled {
+            g.control = UInt32(KVM_GUESTDBG_ENABLE)
+            if debug.singleStep { g.control |= UInt32(KVM_GUESTDBG_SINGLESTEP) }
+            if debug.softwareBreakpoints { g.control |= UInt32(KVM_GUESTDBG_USE_SW_BP) }
+            if let hw = debug.hardwareBreakpoints {
+                g.control |= UInt32(KVM_GUESTDBG_USE_HW_BP)
+                withUnsafeMutableBytes(of: &g.arch.debugreg) { r in
+                    for (i, a) in hw.addresses.prefix(4).enumerated() { r.storeBytes(of: a, toByteOffset: i * 8, as: UInt64.self) }
+                    r.storeBytes(of: hw.dr7, toByteOffset: 7 * 8, as: UInt64.self)
+                }
+            }
+        }
+        _ = try check("KVM_SET_GUEST_DEBUG(vCPU \(id))") { ckvm_ioctl(fd.rawValue, CKVM_KVM_SET_GUEST_DEBUG, &g) }
+    }
+
+    /// KVM_GET_STATS_FD: the vCPU's binary statistics (reading them never makes the vCPU exit).
+    public func statistics() throws -> VCPUStatistics {
+        let sfd = try check("KVM_GET_STATS_FD(vCPU \(id))") { ckvm_ioctl_int(fd.rawValue, CKVM_KVM_GET_STATS_FD, 0) }
+        return VCPUStatistics(fd: sfd)
+    }
+}
+
+/// A vCPU's binary statistics file. Any thread may read it, at any time, without disturbing the vCPU.
+public final class VCPUStatistics: @unchecked Sendable {
+    let fd: Int32
+    private let blockingOffset: Int
+    private let exitsOffset: Int
+    init(fd: Int32) {
+        self.fd = fd
+        blockingOffset = ckvm_stats_offset(fd, "blocking")
+        exitsOffset = ckvm_stats_offset(fd, "exits")
+    }
+    deinit { Glibc.close(fd) }
+
+    /// Whether the kernel reports the "blocking" and "exits" statistics this type reads.
+    public var isUsable: Bool { blockingOffset >= 0 && exitsOffset >= 0 }
+
+    private func value(at offset: Int) -> UInt64? {
+        guard offset >= 0 else { return nil }
+        var v: UInt64 = 0
+        return pread(fd, &v, 8, off_t(offset)) == 8 ? v : nil
+    }
+    /// The vCPU thread is blocked in the kernel (HLT, or waiting for INIT/SIPI).
+    public var blocking: Bool? { value(at: blockingOffset).map { $0 != 0 } }
+    /// VM exits so far, those KVM handles itself included.
+    public var exits: UInt64? { value(at: exitsOffset) }
 }

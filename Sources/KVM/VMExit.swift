@@ -19,10 +19,21 @@ public enum VMExit {
     case systemEvent(type: UInt32)
     /// KVM_RUN returned EINTR (a kick from another thread or immediate_exit).
     case interrupted
-    /// A debug exception exit.
-    case debug(exception: UInt32)
+    /// A debug exit (KVM_SET_GUEST_DEBUG): exception 1 (#DB: single-step, hardware breakpoint or
+    /// watchpoint, told apart by `dr6`) or 3 (#BP), at linear address `pc`.
+    case debug(DebugExit)
     /// Any other exit reason.
     case unknown(reason: UInt32)
+
+    public struct DebugExit: Sendable, Equatable {
+        public let exception: UInt32
+        public let pc: UInt64
+        public let dr6: UInt64
+        public let dr7: UInt64
+        public init(exception: UInt32, pc: UInt64, dr6: UInt64, dr7: UInt64) {
+            self.exception = exception; self.pc = pc; self.dr6 = dr6; self.dr7 = dr7
+        }
+    }
 
     public struct InternalError: Sendable, CustomStringConvertible {
         public let suberror: UInt32

@@ -65,8 +65,9 @@ public final class VirtualMachine: Sendable {
 
     /// Runs until the guest ends. Call once. With a vGPU and a screenshot path, the final scanout is saved
     /// (when the display is on) and the vGPU is released.
-    public func run() -> ExitReason {
-        let reason = machine.run()
+    public func run() -> ExitReason { finish(machine.run()) }
+
+    private func finish(_ reason: ExitReason) -> ExitReason {
         if let v = vgpu {
             if let path = screenshotPath {
                 let image = v.scanout()
@@ -82,6 +83,31 @@ public final class VirtualMachine: Sendable {
 
     /// Ends the VM from another thread.
     public func stop(_ reason: ExitReason = .powerOff) { machine.requestStop(reason) }
+
+    // MARK: lifecycle: run in the background, pause, inspect, change, resume
+
+    /// Starts the vCPUs (stopped at the entry state when `paused`) and returns; `wait()` then blocks
+    /// until the guest ends. `run()` is `start()` + `wait()`.
+    public func start(paused: Bool = false) throws { try machine.start(paused: paused) }
+
+    /// Blocks until the guest ends (after `start()`); does what `run()` does at the end.
+    public func wait() -> ExitReason { finish(machine.wait()) }
+
+    /// created, running, paused or stopped.
+    public var runState: RunState { machine.runState }
+
+    /// Stops every vCPU at an instruction boundary; returns when all have stopped.
+    public func pause() throws { try machine.pause() }
+
+    /// Continues every vCPU exactly where it stopped.
+    public func resume() throws { try machine.resume() }
+
+    /// The full state of vCPU `index` (registers, special registers, FPU, MSRs, LAPIC, events, MP state)
+    /// while paused.
+    public func vcpuState(_ index: Int) throws -> VCPUState { try machine.vcpuState(index) }
+
+    /// Writes the state of vCPU `index` while paused; it continues from there on `resume()`.
+    public func setVCPUState(_ index: Int, _ state: VCPUState) throws { try machine.setVCPUState(index, state) }
 
     /// Boots `image`, capturing everything the guest writes to the serial port.
     public static func runCapturingSerial(image: BootImage, configuration: MachineConfiguration = MachineConfiguration(),

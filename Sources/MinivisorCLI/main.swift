@@ -98,6 +98,12 @@ struct Run: ParsableCommand {
     @Flag(name: .customLong("no-seccomp"), help: "Run without the per-thread seccomp filters (vCPU, device and main threads), for debugging.")
     var noSeccomp = false
 
+    @Option(help: "Listen for gdb on 127.0.0.1:PORT (GDB remote protocol; 'target remote :PORT'), see docs/debugging.md.")
+    var gdb: Int?
+
+    @Flag(name: .customLong("gdb-wait"), help: "With --gdb: stop before the first guest instruction until gdb continues it (like QEMU's -s -S).")
+    var gdbWait = false
+
     @Option(help: "Log level on stderr: trace, debug, info, notice, warning, error, critical. Unclaimed port/MMIO accesses are logged at debug.")
     var logLevel: String = "warning"
 
@@ -116,6 +122,8 @@ struct Run: ParsableCommand {
         guard MachineConfiguration.PITMode(rawValue: pit) != nil else {
             throw ValidationError("--pit '\(pit)' is not understood: use auto, on or off")
         }
+        if let p = gdb, !(0...65535).contains(p) { throw ValidationError("--gdb \(p) is not a TCP port: give 1 to 65535") }
+        if gdbWait && gdb == nil { throw ValidationError("--gdb-wait needs a port to wait on: add --gdb PORT") }
         if let t = timeout, !(t > 0 && t.isFinite) { throw ValidationError("--timeout must be a positive number of seconds") }
         guard Logger.Level(rawValue: logLevel) != nil else {
             throw ValidationError("--log-level '\(logLevel)' is not a level: use trace, debug, info, notice, warning, error or critical")
@@ -163,7 +171,18 @@ struct Run: ParsableCommand {
         } catch {
             fail("cannot create the VM: \(error)", status: CLIStatus.hostError)
         }
-        let reason = vm.run()
+        let reason: ExitReason
+        if let port = gdb {
+            let stub: GDBStub
+            do { stub = try GDBStub(machine: vm.machine, port: port) } catch { fail("\(error)", status: CLIStatus.usage) }
+            writeStderr("minivisor: gdb stub listening on 127.0.0.1:\(stub.port)\(gdbWait ? ", guest stopped before its first instruction" : "")\n")
+            stub.start()
+            do { try vm.start(paused: gdbWait) } catch { fail("cannot start the VM: \(error)", status: CLIStatus.hostError) }
+            reason = vm.wait()
+            stub.finish()
+        } else {
+            reason = vm.run()
+        }
         switch reason {
         case .powerOff, .debugExit: break
         case .timeout: writeStderr("minivisor: guest did not finish within \(timeout ?? 0) s (--timeout)\n")

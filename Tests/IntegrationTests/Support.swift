@@ -105,3 +105,44 @@ enum Support {
     /// A multiboot image (a.out kludge) whose 32-bit code is `code`, loaded at 1 MiB.
     static func multibootBlob(_ code: [UInt8]) -> [UInt8] { MultibootHeader.aoutImage(code: code).bytes }
 }
+
+extension Support {
+    /// Starts `/bin/sh -c command` without waiting; returns its pid (for `waitFor`).
+    static func spawnShell(_ command: String) -> pid_t {
+        let parts: [String] = ["/bin/sh", "-c", command]
+        let argv = parts.map { strdup($0) } + [nil]
+        defer { argv.forEach { free($0) } }
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+        var pid: pid_t = 0
+        let rc = posix_spawn(&pid, "/bin/sh", &actions, nil, argv, environ)
+        posix_spawn_file_actions_destroy(&actions)
+        return rc == 0 ? pid : -1
+    }
+
+    /// The exit status of `pid` (128 + signal when killed).
+    static func waitFor(_ pid: pid_t) -> Int32 {
+        guard pid > 0 else { return -1 }
+        var status: Int32 = 0
+        while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+        return (status & 0x7f) == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
+    }
+}
+
+extension Support {
+    /// A file's contents as text ("" when it cannot be read).
+    static func readFile(_ path: String) -> String {
+        let fd = open(path, O_RDONLY)
+        guard fd >= 0 else { return "" }
+        defer { close(fd) }
+        var out: [UInt8] = []
+        var buf = [UInt8](repeating: 0, count: 4096)
+        while true {
+            let n = buf.withUnsafeMutableBytes { read(fd, $0.baseAddress, 4096) }
+            if n <= 0 { break }
+            out += buf[0..<n]
+        }
+        return String(decoding: out, as: UTF8.self)
+    }
+}

@@ -45,6 +45,8 @@ CKVM_REQ(KVM_SET_MP_STATE)
 CKVM_REQ(KVM_GET_VCPU_EVENTS)
 CKVM_REQ(KVM_SET_VCPU_EVENTS)
 CKVM_REQ(KVM_TRANSLATE)
+CKVM_REQ(KVM_SET_GUEST_DEBUG)
+CKVM_REQ(KVM_GET_STATS_FD)
 #undef CKVM_REQ
 
 // ioctl wrappers (the variadic libc ioctl does not import).
@@ -87,6 +89,15 @@ static inline uint32_t ckvm_run_system_event_type(const struct kvm_run *r) { ret
 // KVM_EXIT_DEBUG / exception
 static inline uint32_t ckvm_run_ex_exception(const struct kvm_run *r) { return r->ex.exception; }
 static inline uint32_t ckvm_run_ex_error_code(const struct kvm_run *r) { return r->ex.error_code; }
+// KVM_EXIT_DEBUG (x86): the exception (1 = #DB, 3 = #BP), the linear PC, DR6 and DR7.
+static inline uint32_t ckvm_run_debug_exception(const struct kvm_run *r) { return r->debug.arch.exception; }
+static inline uint64_t ckvm_run_debug_pc(const struct kvm_run *r) { return r->debug.arch.pc; }
+static inline uint64_t ckvm_run_debug_dr6(const struct kvm_run *r) { return r->debug.arch.dr6; }
+static inline uint64_t ckvm_run_debug_dr7(const struct kvm_run *r) { return r->debug.arch.dr7; }
+
+// ---- binary statistics (KVM_GET_STATS_FD) ----
+// Finds the statistic `name` in the stats file `fd`: its byte offset from the start of the file, or -1.
+long ckvm_stats_offset(int fd, const char *name);
 
 // ---- kvm_cpuid2 / kvm_msrs helpers (flexible array members) ----
 struct kvm_cpuid2 *ckvm_cpuid2_alloc(uint32_t nent);

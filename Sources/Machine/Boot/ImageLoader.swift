@@ -55,9 +55,9 @@ public struct BootPlan: Sendable, Equatable {
 
 /// An image's bytes: one read-only buffer for parsing (a file mapping or an array's storage) and a way
 /// to copy a range of them into guest memory, the only copy ever made (pread from the file, or memcpy).
-struct ImageSource {
-    let name: String
-    let bytes: UnsafeRawBufferPointer
+public struct ImageSource {
+    public let name: String
+    public let bytes: UnsafeRawBufferPointer
     let file: ImageFile?
 
     func copy(offset: UInt64, count: UInt64, to destination: UnsafeMutableRawPointer) throws(ImageError) {
@@ -129,38 +129,23 @@ public enum ImageLoader {
         memory.regions.map { "0x\(String($0.guestAddress, radix: 16))-0x\(String($0.end, radix: 16))" }.joined(separator: ", ")
     }
 
-    /// One load: the memory, the machine's shape and what the user passed.
-    struct Context {
-        let memory: GuestMemory
-        let cpuCount: Int
-        let cmdline: String
-        let modules: [BootModule]
+    /// The boot protocols images are tried against, in order (the first that recognises an image boots it).
+    static let protocols: [any BootProtocol] = [ELF64BootProtocol(), MultibootBootProtocol()]
 
+    /// One load: the memory, the machine's shape and what the user passed (a protocol's target).
+    public struct Context {
+        public let memory: GuestMemory
+        public let cpuCount: Int
+        public let cmdline: String
+        public let modules: [BootModule]
+
+        /// Boots `source` with the first protocol in `ImageLoader.protocols` that recognises it, or says
+        /// why none does.
         func load(_ source: ImageSource) throws(ImageError) -> BootPlan {
+            for p in ImageLoader.protocols where try p.recognises(source) {
+                return try p.load(source, into: self)
+            }
             let bytes = source.bytes, name = source.name
-            if ELFParser.isELF(bytes), bytes.count > 18, bytes[4] == 2 /* ELFCLASS64 */ {
-                let elf = try ELFParser.parse(bytes, name: name)
-                guard elf.machine == 62 else { throw .wrongMachine(name, elf.machine) }
-                guard elf.type == 2 else { throw .notExecutable(name, elf.type) }
-                guard modules.isEmpty else {
-                    throw .multiboot(name, "--module is only passed to multiboot kernels; this is an ELF64 guest, drop --module")
-                }
-                return try loadELF64(elf, source)
-            }
-            if let mb = try MultibootHeader.find(in: bytes, name: name) {
-                if mb.usesAOutKludge {
-                    let (segments, entry) = try mb.aoutLayout(fileSize: bytes.count, name: name)
-                    return try loadMultiboot(segments: segments, entry: entry, source)
-                }
-                guard ELFParser.isELF(bytes) else {
-                    throw .multiboot(name, "image is not ELF and its header lacks the a.out kludge (flag bit 16); set the address fields")
-                }
-                let elf = try ELFParser.parse(bytes, name: name)
-                guard !elf.is64Bit, elf.machine == 3 else {
-                    throw .multiboot(name, "a multiboot ELF must be ELF32 i386 (or use the a.out kludge); build it with -m32")
-                }
-                return try loadMultiboot(segments: elf.segments, entry: elf.entry, source)
-            }
             if bytes.count > 0x206, bytes[0x202] == 0x48, bytes[0x203] == 0x64, bytes[0x204] == 0x72, bytes[0x205] == 0x53 {
                 throw .bzImageUnsupported(name)   // "HdrS": leave room for the Linux boot protocol
             }

@@ -33,6 +33,9 @@ public enum SeccompFilter: String, Sendable, CaseIterable {
     /// The thread that called `Machine.run()`, from when the vCPU threads started: waits, kicks and joins
     /// them; in the CLI it then writes the last screenshot, releases the vGPU and exits.
     case monitor
+    /// The gdb stub's thread (`--gdb`): accepts the debugger's connection and speaks the remote protocol;
+    /// vCPU state goes through the vCPU threads' mailboxes.
+    case gdb
 
     /// One allowed system call, with an optional condition on one argument: (argument & mask) == value.
     struct Rule: Sendable {
@@ -73,6 +76,9 @@ public enum SeccompFilter: String, Sendable, CaseIterable {
                 // dumps, #BP injection (events), instruction bytes through the page tables (translate).
                 CKVM_KVM_RUN, CKVM_KVM_GET_REGS, CKVM_KVM_SET_REGS, CKVM_KVM_GET_SREGS, CKVM_KVM_GET_MP_STATE,
                 CKVM_KVM_GET_VCPU_EVENTS, CKVM_KVM_SET_VCPU_EVENTS, CKVM_KVM_TRANSLATE,
+                // The mailbox (pause/resume, full state read and write) and the gdb stub (guest debug).
+                CKVM_KVM_SET_SREGS, CKVM_KVM_GET_FPU, CKVM_KVM_SET_FPU, CKVM_KVM_GET_MSRS, CKVM_KVM_SET_MSRS,
+                CKVM_KVM_GET_LAPIC, CKVM_KVM_SET_LAPIC, CKVM_KVM_SET_MP_STATE, CKVM_KVM_SET_GUEST_DEBUG,
                 // vGPU BAR placement: the aperture slot and the PV doorbells move with the BARs.
                 CKVM_KVM_SET_USER_MEMORY_REGION, CKVM_KVM_IOEVENTFD,
             ].map(Rule.ioctl) + [
@@ -83,6 +89,14 @@ public enum SeccompFilter: String, Sendable, CaseIterable {
         case .monitor:
             return Self.common + [
                 Rule("openat"),   // the CLI writes the last screenshot after run()
+                Rule("pread64"),  // the vCPUs' KVM statistics (halt detection without exits)
+            ]
+        case .gdb:
+            // The listening socket is made before the thread starts; the thread accepts one debugger at
+            // a time and talks to it; guest memory is read through the mapping (no system call).
+            return Self.common + [
+                Rule("accept4"), Rule("accept"), Rule("setsockopt"), Rule("poll"), Rule("ppoll"),
+                Rule("recvfrom"), Rule("sendto"), Rule("shutdown"),
             ]
         }
     }

@@ -66,8 +66,8 @@ enum CPUSetup {
         return s
     }
 
-    /// Sets CPUID, MSRs, FPU and LAPIC LINT pins for every vCPU, and the entry registers for the BSP.
-    static func configure(_ vcpu: KVMVCPU, cpuid: [kvm_cpuid_entry2], isBSP: Bool, entry: BootEntry) throws {
+    /// Sets CPUID, MSRs, FPU and LAPIC LINT pins: what every vCPU gets whatever it boots.
+    static func configure(_ vcpu: KVMVCPU, cpuid: [kvm_cpuid_entry2]) throws {
         try vcpu.setCPUID(cpuid)
         _ = try vcpu.setMSRs(bootMSRs)
         var fpu = kvm_fpu()
@@ -85,8 +85,10 @@ enum CPUSetup {
             setLVT(0x360, mode: 4)   // LINT1: NMI
         }
         try vcpu.setLAPIC(lapic)
-        guard isBSP else { return }   // APs wait for INIT/SIPI in the in-kernel LAPIC
+    }
 
+    /// The boot processor's entry state for `entry` (APs wait for INIT/SIPI in the in-kernel LAPIC).
+    static func setEntry(_ vcpu: KVMVCPU, entry: BootEntry) throws {
         var sregs = try vcpu.getSpecialRegisters()
         var regs = kvm_regs()
         regs.rflags = 0x2

@@ -5,18 +5,68 @@ import KVM
 import Logging
 import Synchronization
 
+/// Where a VM is in its life. `created` -> (`boot`) -> `start` -> `running` <-> `paused` -> `stopped`.
+public enum RunState: String, Sendable, Equatable {
+    /// Built (and maybe booted); no vCPU has run yet.
+    case created
+    /// vCPU threads run the guest.
+    case running
+    /// Every vCPU is stopped at an instruction boundary; its state can be read and written.
+    case paused
+    /// The VM ended (see `Machine.stopReason`); it cannot run again.
+    case stopped
+}
+
+/// A request the VM's state does not allow, or a vCPU that could not do what it was asked.
+public enum LifecycleError: Error, Equatable, CustomStringConvertible, Sendable {
+    case notBooted
+    case alreadyBooted
+    case wrongState(operation: String, state: RunState)
+    case noSuchVCPU(Int, count: Int)
+    case vcpuStopped(Int)
+    case vcpu(Int, String)
+
+    public var description: String {
+        switch self {
+        case .notBooted: return "the machine has no image: call boot(_:) before start()"
+        case .alreadyBooted: return "the machine is booted already: build a new Machine for another image"
+        case let .wrongState(op, state): return "cannot \(op) a VM that is \(state.rawValue): check runState first"
+        case let .noSuchVCPU(i, n): return "there is no vCPU \(i): this VM has vCPUs 0-\(n - 1)"
+        case .vcpuStopped(let i): return "vCPU \(i) has stopped (the VM ended): its state is gone"
+        case let .vcpu(i, what): return "vCPU \(i): \(what)"
+        }
+    }
+}
+
+/// Devices that do work of their own between vCPU exits (e.g. a GPU executing submitted commands) adopt
+/// this so that pausing the VM also stops them from starting new work. Called on the thread that pauses
+/// or resumes, after (pause) or before (resume) the vCPUs stop or start.
+public protocol PausableDevice: AnyObject, Sendable {
+    func pause()
+    func resume()
+}
+
 /// A virtual machine: KVM VM, guest RAM, buses with the legacy devices and PCI, and one OS thread per
-/// vCPU. Build it, add devices (higher layers add the vGPU), then `run()` blocks until the guest ends.
+/// vCPU. Build it (`init(configuration:)`: memory, irqchip, vCPUs, devices; higher layers add the
+/// vGPU), `boot(_:)` an image through a `BootProtocol`, then `run()` (= `start()` + `wait()`) until the
+/// guest ends. While it runs, `pause()`, `resume()`, `vcpuState(_:)` and `setVCPUState(_:_:)` work from
+/// any thread; the debugger (`GDBStub`) uses the same per-vCPU command mailbox.
 ///
 /// Threads and ownership:
-/// - the thread that calls `run()` (the monitor) starts the vCPU threads, watches for timeout and for
-///   every vCPU halting with interrupts off, and joins the vCPU threads; with `seccomp ==
-///   .vmThreadsAndMonitor` (the CLI) it runs under the monitor seccomp filter once the vCPUs started;
-/// - each vCPU thread owns its `KVMVCPU` (all vCPU ioctls happen there) and dispatches exits to the buses;
-///   it runs under the vCPU seccomp filter from its first KVM_RUN (unless `seccomp == .off`);
+/// - the thread that builds and boots the machine owns the vCPUs until `start()`;
+/// - the thread that calls `wait()` (or `run()`; the monitor) waits on events (a stop, a pause or
+///   resume, the timeout) and, every `haltPollInterval`, reads the vCPUs' KVM statistics (no exits):
+///   only when every vCPU is blocked in the kernel and has not exited since the last look does it ask
+///   them (one kick each) whether they sit halted with interrupts off (a power-off). It joins the vCPU
+///   threads. With `seccomp == .vmThreadsAndMonitor` (the CLI) it runs under the monitor filter;
+/// - each vCPU thread owns its `KVMVCPU` from `start()` on: every vCPU ioctl happens there, other threads
+///   post commands to its mailbox (`VCPUContext`) and wait for the answer; it runs under the vCPU filter;
+/// - `pause()`, `resume()`, `step`, state access and `requestStop` may be called from any thread except
+///   a vCPU thread (they wait for the vCPUs' answers); `requestStop` from any thread, devices included;
 /// - the serial stdin reader (with `serialInputFromStdin`) runs under the device seccomp filter;
 /// - devices are shared by all vCPU threads and guard their own state (see `BusDevice`);
-/// - `stopReason` (Mutex) and `stopping` (Atomic) may be touched from any thread: the first stop wins.
+/// - the machine's own state (run state, boot plan, stop reason, PCI routes, pausable devices, debug
+///   handler) is one `State` behind one Mutex, never held while calling out.
 public final class Machine: MachineControl, @unchecked Sendable {
     public let configuration: MachineConfiguration
     public let kvm: KVMSystem
@@ -26,24 +76,34 @@ public final class Machine: MachineControl, @unchecked Sendable {
     public let mmioBus: Bus
     public let pciBus: PCIBus
     public let serial: Serial16550
-    public let bootPlan: BootPlan
-    /// Whether the in-kernel PIT was created (see `MachineConfiguration.pit`).
-    public let hasPIT: Bool
     public let logger: Logger
     /// Lines the guest can cause from vCPU exits (int3 recoveries, unhandled exits), rate-limited per kind.
     let vcpuLog: RateLimitedLog
 
     let vcpus: [VCPUContext]
-    private let stopReason = Mutex<ExitReason?>(nil)
     let stopping = Atomic<Bool>(false)
-    private let stopSignal = DispatchSemaphore(value: 0)
-    private let nextSlot = Mutex<UInt32>(0)
-    private let started = Atomic<Bool>(false)
+    /// Signalled on every event the monitor waits for (stop, pause, resume).
+    private let events = DispatchSemaphore(value: 0)
     let int3Recoveries = Atomic<UInt64>(0)
+    /// Halt queries sent (each is one forced exit per vCPU).
+    let haltQueries = Atomic<UInt64>(0)
 
-    /// Creates the VM and loads `image`. Throws `KVMUnavailable`, `ConfigurationError`, `ImageError`,
-    /// or `KVMError` (with the failing operation and errno).
-    public init(configuration: MachineConfiguration, image: BootImage, logger: Logger = Logger(label: "minivisor")) throws {
+    private struct State {
+        var runState: RunState = .created
+        var bootPlan: BootPlan?
+        var hasPIT = false
+        var stopReason: ExitReason?
+        var pciRoutes: [(device: Int, pin: Int, ioapicPin: Int)] = []
+        var nextSlot: UInt32 = 0
+        var pausable: [any PausableDevice] = []
+        var debugHandler: (@Sendable (DebugStop) -> Void)?
+        var stdinReader: StdinReader?
+    }
+    private let state = Mutex(State())
+
+    /// Builds the machine without an image: KVM VM, RAM, irqchip, vCPUs (CPUID, MSRs, FPU, LAPIC) and the
+    /// legacy devices. Call `boot(_:)` next. Throws `KVMUnavailable`, `ConfigurationError`, `KVMError`.
+    public init(configuration: MachineConfiguration, logger: Logger = Logger(label: "minivisor")) throws {
         self.configuration = configuration
         self.logger = logger
         vcpuLog = RateLimitedLog(logger: logger, source: "vCPUs")
@@ -56,7 +116,7 @@ public final class Machine: MachineControl, @unchecked Sendable {
         try vm.createIRQChip()
         memory = try GuestMemory(bytes: configuration.memoryBytes)
         let slot = try memory.register(with: vm)
-        nextSlot.withLock { $0 = slot }
+        state.withLock { $0.nextSlot = slot }
 
         pioBus = Bus(name: "port", logger: logger)
         mmioBus = Bus(name: "mmio", logger: logger)
@@ -64,24 +124,14 @@ public final class Machine: MachineControl, @unchecked Sendable {
         let vm = self.vm
         serial = try Serial16550(output: configuration.serialOutput) { level in try? vm.setIRQLine(4, level: level) }
 
-        bootPlan = try ImageLoader.load(image, into: memory, cpuCount: configuration.cpuCount,
-                                        cmdline: configuration.cmdline, modules: configuration.modules)
-
-        switch configuration.pit {
-        case .on: try vm.createPIT2()
-        case .off: break
-        case .auto: if bootPlan.kind == .multiboot { try vm.createPIT2() }
-        }
-        hasPIT = configuration.pit == .on || (configuration.pit == .auto && bootPlan.kind == .multiboot)
-
         let supported = try kvm.supportedCPUID()
         var contexts: [VCPUContext] = []
         for i in 0..<configuration.cpuCount {
             let vcpu = try vm.createVCPU(id: UInt32(i))
             let cpuid = CPUSetup.cpuid(supported: supported, apicID: UInt32(i), cpuCount: configuration.cpuCount,
                                        host: configuration.host)
-            try CPUSetup.configure(vcpu, cpuid: cpuid, isBSP: i == 0, entry: bootPlan.entry)
-            contexts.append(VCPUContext(vcpu: vcpu))
+            try CPUSetup.configure(vcpu, cpuid: cpuid)
+            contexts.append(VCPUContext(vcpu: vcpu, statistics: try? vcpu.statistics()))
         }
         vcpus = contexts
 
@@ -92,89 +142,355 @@ public final class Machine: MachineControl, @unchecked Sendable {
         try pioBus.register(pciBus, base: PCIBus.configAddressPort, size: PCIBus.portRangeSize, name: "pci-conf1")
     }
 
-    /// PCI INTx routes described to the guest in the MP table: (device, pin 1-4, IOAPIC pin).
-    private let pciRoutes = Mutex<[(device: Int, pin: Int, ioapicPin: Int)]>([])
+    /// Builds the machine and boots `image` (`init(configuration:)` then `boot(_:)`). Throws what
+    /// those throw (`ImageError` for the image).
+    public convenience init(configuration: MachineConfiguration, image: BootImage, logger: Logger = Logger(label: "minivisor")) throws {
+        try self.init(configuration: configuration, logger: logger)
+        try boot(image)
+    }
 
-    /// Routes INTx pin `pin` (1 = INTA#) of PCI device `device` to an IOAPIC input (GSI 16-23, level,
-    /// active low) and rewrites the MP table so the guest finds the route. Call before `run()`.
-    /// Returns the GSI, or nil when all eight PCI GSIs are taken.
-    public func routePCIInterrupt(device: Int, pin: Int) -> UInt32? {
-        let routes = pciRoutes.withLock { r -> [(device: Int, pin: Int, ioapicPin: Int)]? in
-            let used = Set(r.map(\.ioapicPin))
-            guard let gsi = (16..<24).first(where: { !used.contains($0) }) else { return nil }
-            r.append((device, pin, gsi))
-            return r
+    /// Loads `image` through the boot protocol that recognises it (`ImageLoader.protocols`), creates the
+    /// PIT the protocol's guests expect (`MachineConfiguration.pit`), writes the MP table with the PCI
+    /// routes devices asked for, and sets the boot processor's entry state. Once, before `start()`.
+    public func boot(_ image: BootImage) throws {
+        let current = state.withLock { ($0.runState, $0.bootPlan != nil) }
+        guard current.0 == .created else { throw LifecycleError.wrongState(operation: "boot", state: current.0) }
+        guard !current.1 else { throw LifecycleError.alreadyBooted }
+        let plan = try ImageLoader.load(image, into: memory, cpuCount: configuration.cpuCount,
+                                        cmdline: configuration.cmdline, modules: configuration.modules)
+        let pit = configuration.pit == .on || (configuration.pit == .auto && plan.kind == .multiboot)
+        if pit { try vm.createPIT2() }
+        try CPUSetup.setEntry(vcpus[0].vcpu, entry: plan.entry)
+        let routes = state.withLock { s in
+            s.bootPlan = plan
+            s.hasPIT = pit
+            return s.pciRoutes
         }
-        guard let routes else { return nil }
-        try? memory.write(bytes: BootStructures.mpTable(cpuCount: configuration.cpuCount, pciInterrupts: routes, at: bootPlan.mpTableAddress),
-                          at: bootPlan.mpTableAddress)
-        return UInt32(routes.last!.ioapicPin)
+        if !routes.isEmpty { writeMPTable(plan: plan, routes: routes) }
+    }
+
+    /// How the booted image is entered; nil before `boot(_:)`.
+    public var bootPlan: BootPlan? { state.withLock { $0.bootPlan } }
+
+    /// Whether the in-kernel PIT was created (see `MachineConfiguration.pit`).
+    public var hasPIT: Bool { state.withLock { $0.hasPIT } }
+
+    /// The VM's run state.
+    public var runState: RunState { state.withLock { $0.runState } }
+
+    /// Why the VM ended; nil while it has not.
+    public var stopReason: ExitReason? { state.withLock { $0.stopReason } }
+
+    /// Number of vCPUs.
+    public var vcpuCount: Int { vcpus.count }
+
+    /// PCI INTx routes described to the guest in the MP table: (device, pin 1-4, IOAPIC pin).
+    /// Routes INTx pin `pin` (1 = INTA#) of PCI device `device` to an IOAPIC input (GSI 16-23, level,
+    /// active low); the MP table the guest finds says so (written at boot, or rewritten when booted
+    /// already). Call before `start()`. Returns the GSI, or nil when all eight PCI GSIs are taken.
+    public func routePCIInterrupt(device: Int, pin: Int) -> UInt32? {
+        let result = state.withLock { s -> (routes: [(device: Int, pin: Int, ioapicPin: Int)], plan: BootPlan?)? in
+            let used = Set(s.pciRoutes.map(\.ioapicPin))
+            guard let gsi = (16..<24).first(where: { !used.contains($0) }) else { return nil }
+            s.pciRoutes.append((device, pin, gsi))
+            return (s.pciRoutes, s.bootPlan)
+        }
+        guard let result else { return nil }
+        if let plan = result.plan { writeMPTable(plan: plan, routes: result.routes) }
+        return UInt32(result.routes.last!.ioapicPin)
+    }
+
+    private func writeMPTable(plan: BootPlan, routes: [(device: Int, pin: Int, ioapicPin: Int)]) {
+        try? memory.write(bytes: BootStructures.mpTable(cpuCount: configuration.cpuCount, pciInterrupts: routes, at: plan.mpTableAddress),
+                          at: plan.mpTableAddress)
     }
 
     /// A fresh KVM memory slot number for devices that map memory into the guest.
     public func allocateMemorySlot() -> UInt32 {
-        nextSlot.withLock { s in defer { s += 1 }; return s }
+        state.withLock { s in defer { s.nextSlot += 1 }; return s.nextSlot }
+    }
+
+    /// Registers a device that `pause()` and `resume()` also stop and restart.
+    public func addPausableDevice(_ device: any PausableDevice) {
+        state.withLock { $0.pausable.append(device) }
     }
 
     /// Ends the VM; the first reason wins. Safe from any thread, including vCPU threads and devices.
     public func requestStop(_ reason: ExitReason) {
-        let first = stopReason.withLock { r -> Bool in
-            guard r == nil else { return false }
-            r = reason
+        let first = state.withLock { s -> Bool in
+            guard s.stopReason == nil else { return false }
+            s.stopReason = reason
             return true
         }
         guard first else { return }
         stopping.store(true, ordering: .sequentiallyConsistent)
-        for c in vcpus { c.kick() }
-        stopSignal.signal()
+        for c in vcpus { c.wakeForStop() }
+        events.signal()
     }
 
-    /// Runs the guest until it ends, on dedicated vCPU threads. Returns why it ended. Can be called once.
-    public func run() -> ExitReason {
-        guard !started.exchange(true, ordering: .sequentiallyConsistent) else {
-            return .hostError("Machine.run() called twice")
+    // MARK: running
+
+    /// Starts the vCPU threads (all of them stopped at the entry state when `paused`, as for a debugger
+    /// that wants the first instruction) and returns. `wait()` then monitors the VM until it ends.
+    public func start(paused: Bool = false) throws {
+        let previous = state.withLock { s -> (RunState, Bool) in
+            let r = (s.runState, s.bootPlan != nil)
+            if r == (.created, true) { s.runState = paused ? .paused : .running }
+            return r
         }
-        if ckvm_install_kick_handler(ckvm_kick_signal()) != 0 {
-            return .hostError("cannot install the vCPU kick signal handler")
+        guard previous.0 == .created else { throw LifecycleError.wrongState(operation: "start", state: previous.0) }
+        guard previous.1 else { throw LifecycleError.notBooted }
+        guard ckvm_install_kick_handler(ckvm_kick_signal()) == 0 else {
+            requestStop(.hostError("cannot install the vCPU kick signal handler"))
+            return
         }
-        var stdinReader: StdinReader? = nil
         if configuration.serialInputFromStdin {
-            stdinReader = StdinReader(serial: serial) { [unowned self] in self.enterSeccomp(.device, thread: "serial-stdin") }
+            let reader = StdinReader(serial: serial) { [unowned self] in self.enterSeccomp(.device, thread: "serial-stdin") }
+            state.withLock { $0.stdinReader = reader }
         }
         for (i, c) in vcpus.enumerated() {
-            let ok = c.start(name: "vcpu\(i)") { [unowned self] in self.vcpuLoop(c) }
+            let ok = c.start(name: "vcpu\(i)", paused: paused) { [unowned self] in self.vcpuLoop(c) }
             if !ok { requestStop(.hostError("cannot create the thread for vCPU \(i)")) }
         }
+    }
+
+    /// Monitors the started VM until it ends (see the type's header), joins its threads and returns why
+    /// it ended. Call once, after `start()`.
+    public func wait() -> ExitReason {
         enterSeccomp(.monitor, thread: "monitor")
         let deadline = configuration.timeout.map { ContinuousClock.now + $0 }
-        let interval = configuration.haltPollInterval
-        var generation: UInt64 = 0
-        while true {
-            let wait = deadline.map { min(interval, max(.zero, $0 - ContinuousClock.now)) } ?? interval
+        var probe = HaltProbe(count: vcpus.count)
+        while !stopping.load(ordering: .sequentiallyConsistent) {
+            var wait = configuration.haltPollInterval
+            if let d = deadline { wait = min(wait, max(.zero, d - ContinuousClock.now)) }
             let ns = wait.components.seconds * 1_000_000_000 + wait.components.attoseconds / 1_000_000_000
-            if stopSignal.wait(timeout: .now() + .nanoseconds(Int(max(ns, 1_000_000)))) == .success { break }
+            if events.wait(timeout: .now() + .nanoseconds(Int(max(ns, 1_000_000)))) == .success { continue }
             if let d = deadline, ContinuousClock.now >= d { requestStop(.timeout); continue }
-            // Power-off detection: every vCPU answered the last query "halted with IF=0" (or never started).
-            if generation > 0 && vcpus.allSatisfy({ $0.haltAnswer(for: generation) == true }) {
+            guard runState == .running else { probe.reset(); continue }
+            // Power-off detection: ask only when every vCPU is blocked in the kernel and quiet.
+            let readings = vcpus.map { c -> HaltProbe.Reading? in
+                guard let s = c.statistics, s.isUsable, let b = s.blocking, let e = s.exits else { return nil }
+                return .init(blocking: b, exits: e)
+            }
+            guard probe.shouldAsk(readings) else { continue }
+            haltQueries.add(1, ordering: .relaxed)
+            let answers = vcpus.map { $0.post(.queryHalt) }.map { $0.wait() }
+            let halted = answers.allSatisfy { if case .success(.halted(true)) = $0 { return true }; return false }
+            if halted && runState == .running {
                 logger.debug("all vCPUs halted with interrupts disabled: powering off")
                 requestStop(.powerOff)
-                continue
+            } else {
+                probe.answered()
             }
-            generation += 1
-            for c in vcpus { c.queryHalt(generation) }
         }
         for c in vcpus { c.join() }
-        stdinReader?.stop()
+        state.withLock { s in
+            s.runState = .stopped
+            s.stdinReader?.stop()
+        }
         // The VM's end: say how many guest-triggered lines the rate limits held back.
         vcpuLog.flush()
         pioBus.flushSuppressedLog()
         mmioBus.flushSuppressedLog()
-        return stopReason.withLock { $0 } ?? .hostError("stopped without a reason")
+        let reason = stopReason ?? .hostError("stopped without a reason")
+        let handler = state.withLock { $0.debugHandler }
+        handler?(.ended(reason))
+        return reason
+    }
+
+    /// Boots nothing new: starts the vCPUs and monitors the VM until it ends (`start()` + `wait()`).
+    /// Returns why it ended. Can be called once.
+    public func run() -> ExitReason {
+        do { try start() } catch { return .hostError("\(error)") }
+        return wait()
+    }
+
+    // MARK: pause, resume, state
+
+    /// Stops every vCPU at an instruction boundary (an I/O or MMIO access in progress completes first)
+    /// and the pausable devices; returns once all have stopped. Pausing a paused VM does nothing more.
+    public func pause() throws {
+        let previous = state.withLock { s -> RunState in
+            let r = s.runState
+            if r == .running { s.runState = .paused }
+            return r
+        }
+        // Also when paused: after a debug stop one vCPU is paused and the others still run until this.
+        guard previous == .running || previous == .paused else { throw LifecycleError.wrongState(operation: "pause", state: previous) }
+        let results = vcpus.map { $0.post(.pause) }.map { $0.wait() }
+        if previous == .running { for device in state.withLock({ $0.pausable }) { device.pause() } }
+        events.signal()
+        for (i, r) in results.enumerated() { if case .failure(let e) = r { throw LifecycleError.vcpu(i, "\(e)") } }
+    }
+
+    /// Continues every vCPU exactly where it stopped. Resuming a running VM does nothing.
+    public func resume() throws {
+        let previous = state.withLock { s -> RunState in
+            let r = s.runState
+            if r == .paused { s.runState = .running }
+            return r
+        }
+        switch previous {
+        case .running: return
+        case .paused: break
+        default: throw LifecycleError.wrongState(operation: "resume", state: previous)
+        }
+        for device in state.withLock({ $0.pausable }) { device.resume() }
+        let results = vcpus.map { $0.post(.resume) }.map { $0.wait() }
+        events.signal()
+        for (i, r) in results.enumerated() { if case .failure(let e) = r { throw LifecycleError.vcpu(i, "\(e)") } }
+    }
+
+    /// Sends `command` to vCPU `index` and waits for its answer. The VM must be paused for commands that
+    /// read or write state (the vCPU answers them between instructions only when it is stopped).
+    func command(_ index: Int, _ command: VCPUCommand) throws -> VCPUResponse {
+        guard vcpus.indices.contains(index) else { throw LifecycleError.noSuchVCPU(index, count: vcpus.count) }
+        return try vcpus[index].post(command).wait().get()
+    }
+
+    private func requirePaused(_ op: String) throws {
+        let s = runState
+        guard s == .paused else { throw LifecycleError.wrongState(operation: op, state: s) }
+    }
+
+    /// The full architectural state of paused vCPU `index`.
+    public func vcpuState(_ index: Int) throws -> VCPUState {
+        try requirePaused("read the vCPU state of")
+        guard case .state(let s) = try command(index, .getState) else { throw LifecycleError.vcpu(index, "no state returned") }
+        return s
+    }
+
+    /// Writes the state of paused vCPU `index`; it continues from there on `resume()`.
+    public func setVCPUState(_ index: Int, _ newState: VCPUState) throws {
+        try requirePaused("write the vCPU state of")
+        _ = try command(index, .setState(newState))
+    }
+
+    /// The general-purpose registers of paused vCPU `index` (a cheaper `vcpuState(_:).registers`).
+    public func registers(_ index: Int) throws -> kvm_regs {
+        try requirePaused("read the registers of")
+        guard case .registers(let r) = try command(index, .getRegisters) else { throw LifecycleError.vcpu(index, "no registers returned") }
+        return r
+    }
+
+    /// Writes the general-purpose registers of paused vCPU `index`.
+    public func setRegisters(_ index: Int, _ regs: kvm_regs) throws {
+        try requirePaused("write the registers of")
+        _ = try command(index, .setRegisters(regs))
+    }
+
+    /// Guest-virtual to guest-physical with vCPU `index`'s page tables (nil: not mapped). Paused VMs only.
+    public func translate(_ index: Int, _ linear: UInt64) throws -> UInt64? {
+        try requirePaused("translate addresses of")
+        guard case .address(let a) = try command(index, .translate(linear)) else { return nil }
+        return a
     }
 
     /// How many int3 emulation failures were turned into guest #BP exceptions.
     public var recoveredBreakpoints: UInt64 { int3Recoveries.load(ordering: .relaxed) }
 
-    /// Exits handled per vCPU, summed.
+    /// Exits handled per vCPU (KVM_RUN returns, kicks included), summed.
     public var exitCount: UInt64 { vcpus.reduce(0) { $0 + $1.exits.load(ordering: .relaxed) } }
+
+    /// Times the monitor asked the vCPUs whether they sit halted (one kick each).
+    public var haltQueryCount: UInt64 { haltQueries.load(ordering: .relaxed) }
+
+    // MARK: debugging (used by the gdb stub)
+
+    /// Installs the handler told about debug stops (a vCPU stopped by a breakpoint, watchpoint or
+    /// single-step; it is paused when the handler runs) and the VM's end. Called on vCPU threads and the
+    /// monitor: it must only queue the event.
+    public func setDebugHandler(_ handler: (@Sendable (DebugStop) -> Void)?) {
+        state.withLock { $0.debugHandler = handler }
+    }
+
+    func reportDebugStop(_ stop: DebugStop) {
+        let handler = state.withLock { s -> (@Sendable (DebugStop) -> Void)? in
+            if s.runState == .running { s.runState = .paused }
+            return s.debugHandler
+        }
+        events.signal()
+        handler?(stop)
+    }
+
+    /// Whether a debugger has claimed int3 at `address` (then an int3 there stops the vCPU).
+    func isDebuggerBreakpoint(_ address: UInt64) -> Bool {
+        softwareBreakpoints.withLock { $0.contains(address) }
+    }
+    let softwareBreakpoints = Mutex<Set<UInt64>>([])
+
+    /// Addresses (linear) where a debugger placed int3: an int3 there stops the vCPU and reports it
+    /// instead of delivering #BP to the guest.
+    public func setSoftwareBreakpoints(_ addresses: Set<UInt64>) {
+        softwareBreakpoints.withLock { $0 = addresses }
+    }
+
+    /// Sets guest debugging (hardware breakpoints, watchpoints, #BP interception) on paused vCPU `index`.
+    public func setGuestDebug(_ index: Int, _ debug: KVMVCPU.GuestDebug) throws {
+        try requirePaused("set guest debugging on")
+        _ = try command(index, .setGuestDebug(debug))
+    }
+
+    /// Runs paused vCPU `index` for one instruction while the others stay paused; the stop arrives at
+    /// the debug handler (`DebugStop.stopped(cpu:, reason: .step)`), or another stop comes first.
+    public func step(_ index: Int) throws {
+        try requirePaused("single-step")
+        _ = try command(index, .step)
+    }
+}
+
+/// A debug event, for the gdb stub.
+public enum DebugStop: Sendable, Equatable {
+    public enum Reason: Sendable, Equatable {
+        /// A single-step finished.
+        case step
+        /// A software breakpoint (int3 the debugger placed) at this address; RIP points at it.
+        case softwareBreakpoint(UInt64)
+        /// A hardware breakpoint (DR0-DR3 index).
+        case hardwareBreakpoint(Int)
+        /// A watchpoint (DR0-DR3 index) triggered by an access.
+        case watchpoint(Int)
+        /// Another debug exception (dr6 as KVM reported it).
+        case other(dr6: UInt64)
+    }
+    /// vCPU `cpu` stopped itself; it is paused.
+    case stopped(cpu: Int, reason: Reason)
+    /// The VM ended.
+    case ended(ExitReason)
+}
+
+/// The monitor's power-off test without forced exits: it asks the vCPUs (one kick each) only when
+/// all are blocked in the kernel and none exited since the previous look, and after a "no" only when
+/// something ran since. Without KVM statistics it asks every time (one kick per vCPU per interval).
+struct HaltProbe {
+    struct Reading: Equatable { let blocking: Bool; let exits: UInt64 }
+    private var previous: [Reading?]
+    private var afterAnswer: [Reading?]? = nil
+    private var captureAfterAnswer = false
+
+    init(count: Int) { previous = Array(repeating: nil, count: count) }
+
+    mutating func reset() {
+        previous = Array(repeating: nil, count: previous.count)
+        afterAnswer = nil
+        captureAfterAnswer = false
+    }
+
+    /// Whether to ask, given this look's readings (nil where statistics are unavailable).
+    mutating func shouldAsk(_ readings: [Reading?]) -> Bool {
+        defer { previous = readings }
+        if readings.contains(where: { $0 == nil }) { return true }
+        if captureAfterAnswer {
+            captureAfterAnswer = false
+            afterAnswer = readings
+            return false
+        }
+        let quiet = zip(readings, previous).allSatisfy { r, p in r!.blocking && p != nil && r!.exits == p!.exits }
+        guard quiet else { return false }
+        if let settled = afterAnswer, settled.map({ $0?.exits }) == readings.map({ $0?.exits }) { return false }
+        return true
+    }
+
+    /// The vCPUs said "not all halted with interrupts off": wait until something runs again.
+    mutating func answered() { captureAfterAnswer = true }
 }

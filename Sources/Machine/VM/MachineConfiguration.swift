@@ -14,7 +14,9 @@ public struct MachineConfiguration: Sendable {
     public var modules: [BootModule] = []
     /// End the VM with `ExitReason.timeout` after this long.
     public var timeout: Duration? = nil
-    /// How often the monitor checks whether every vCPU sits halted with interrupts off (a power-off).
+    /// How often the monitor looks at the vCPUs' KVM statistics to find every vCPU halted with interrupts
+    /// off (a power-off). Looking costs no exits; the vCPUs are asked (one kick each) only when all of them
+    /// are blocked in the kernel and quiet (see `Machine`).
     public var haltPollInterval: Duration = .milliseconds(50)
     /// Whether the guest gets the in-kernel i8254 PIT (ports 0x40-0x43, IRQ 0).
     public enum PITMode: String, Sendable, CaseIterable { case auto, on, off }

@@ -1,0 +1,106 @@
+import Glibc
+import Minivisor
+import Testing
+
+/// `minivisor run --gdb PORT --gdb-wait` with Debian's gdb in batch mode: attach, break on a function
+/// by symbol, stop there, read and change a variable, step, continue to the guest's normal exit. gdb is
+/// a test dependency (scripts/install-deps.sh): its absence fails the test, it is never skipped.
+@Suite("gdb stub (needs /dev/kvm and gdb)", .serialized, .enabled(if: Support.kvmAvailable, "needs read-write /dev/kvm"))
+struct GDBStubTests {
+    /// A port nobody listens on right now (the kernel's pick, released again).
+    static func freePort() -> Int {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(fd) }
+        var addr = sockaddr_in()
+        addr.sin_family = sa_family_t(AF_INET)
+        addr.sin_addr.s_addr = UInt32(0x7f00_0001).bigEndian
+        var len = socklen_t(Swift.MemoryLayout<sockaddr_in>.size)
+        _ = withUnsafeMutablePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { p in
+            bind(fd, p, len)
+            return getsockname(fd, p, &len)
+        } }
+        return Int(UInt16(bigEndian: addr.sin_port))
+    }
+
+    /// Runs minivisor with the stub in the background and gdb with `commands` against it; returns
+    /// (minivisor's status, its output, gdb's status, gdb's output).
+    static func debug(_ guest: String, _ commands: [String], extra: [String] = []) throws -> (Int32, String, Int32, String) {
+        #expect(access("/usr/bin/gdb", X_OK) == 0, "gdb is missing: run scripts/install-deps.sh (apt-get install gdb)")
+        let image = try Support.guest(guest)
+        let port = freePort()
+        let vmOutput = Support.tempPath("gdb-vm-\(port).txt")
+        defer { unlink(vmOutput) }
+        // minivisor in the background through the shell, so the test can run gdb meanwhile.
+        let vm = Support.spawnShell("\(Support.minivisor) run \(image) --gdb \(port) --gdb-wait --timeout 120 \(extra.joined(separator: " ")) > \(vmOutput) 2>&1")
+        let script = ["set pagination off", "set confirm off", "target remote 127.0.0.1:\(port)"] + commands
+        var args = ["-nx", "-batch"]
+        for c in script { args += ["-ex", c] }
+        // gdb may start before the stub listens: retry the connection a few times.
+        var gdbStatus: Int32 = -1, gdbOutput = ""
+        for _ in 0..<50 {
+            (gdbStatus, gdbOutput) = Support.run("/usr/bin/gdb", args + [image])
+            if !gdbOutput.contains("Connection refused") { break }
+            usleep(100_000)
+        }
+        let vmStatus = Support.waitFor(vm)
+        let out = Support.readFile(vmOutput)
+        return (vmStatus, out, gdbStatus, gdbOutput)
+    }
+
+    @Test func breakReadChangeStepContinue() throws {
+        let (status, vmOut, gdbStatus, gdb) = try Self.debug("debugme", [
+            "break compute",
+            "continue",
+            "print secret",
+            "set var secret = 5",
+            "next",
+            "print progress",
+            "stepi",
+            "info registers rip",
+            "continue",
+        ])
+        #expect(gdbStatus == 0, "\(gdb)")
+        #expect(gdb.contains("Breakpoint 1, compute"), "\(gdb)")
+        #expect(gdb.contains("$1 = 7"), "\(gdb)")
+        #expect(gdb.contains("$2 = 1"), "next ran `progress = 1`: \(gdb)")
+        #expect(gdb.contains("exited with code 075"), "\(gdb)")    // gdb prints it in octal: 61
+        #expect(vmOut.contains("debugme: secret=5 result=30 progress=2"), "\(vmOut)")
+        #expect(status == 61, "\(vmOut)")                           // (30 << 1) | 1: the change took
+    }
+
+    @Test func hardwareBreakpointAndRegisterChange() throws {
+        // Break with DR0, then skip compute's body by returning from it with a chosen result (RAX).
+        let (status, vmOut, gdbStatus, gdb) = try Self.debug("debugme", [
+            "hbreak compute",
+            "continue",
+            "info registers rip",
+            "set var $rax = 21",
+            "set var $rip = *(unsigned long *)$rsp",
+            "set var $rsp = $rsp + 8",
+            "delete",
+            "continue",
+        ])
+        #expect(gdbStatus == 0, "\(gdb)")
+        #expect(gdb.contains("Hardware assisted breakpoint 1 at 0x100020"), "\(gdb)")
+        #expect(gdb.contains("Breakpoint 1, compute"), "\(gdb)")
+        #expect(gdb.contains("rip            0x100020"), "\(gdb)")
+        #expect(vmOut.contains("result=21 progress=0"), "\(vmOut)")
+        #expect(status == 43, "\(vmOut)")                           // (21 << 1) | 1
+    }
+
+    @Test func detachLetsTheGuestFinish() throws {
+        let (status, vmOut, gdbStatus, gdb) = try Self.debug("debugme", ["break compute", "continue", "detach"])
+        #expect(gdbStatus == 0, "\(gdb)")
+        #expect(gdb.contains("Breakpoint 1, compute"), "\(gdb)")
+        #expect(vmOut.contains("secret=7 result=42"), "the int3 is gone after detach: \(vmOut)")
+        #expect(status == 85, "\(vmOut)")
+    }
+
+    @Test func multibootGuestGetsThe32BitView() throws {
+        let (_, vmOut, gdbStatus, gdb) = try Self.debug("multiboot", ["info registers eip", "x/i $pc", "kill"])
+        #expect(gdbStatus == 0, "\(gdb)")
+        #expect(gdb.contains("eip            0x"), "\(gdb)")
+        #expect(!gdb.contains("rip"), "\(gdb)")
+        _ = vmOut
+    }
+}
