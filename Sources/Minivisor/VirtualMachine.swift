@@ -10,6 +10,7 @@ public struct VGPUOptions: Sendable {
     /// The physical GPU to take a vGPU from; nil uses `GPUHost.shared` (one per process).
     public var host: GPUHost?
     /// Where the screenshot port (0xf5) and the end of the VM write the scanout as PNG; nil = nowhere.
+    /// Checked when the VM is built (`OutputFiles.check`), written only when a screenshot is taken.
     public var screenshotPath: String?
     /// Virtual vblank rate.
     public var refreshRate: Double = 60
@@ -32,15 +33,36 @@ extension GPUHost {
 ///     let vm = try VirtualMachine(image: .file("Guests/build/hello.elf"), configuration: config)
 ///     let reason = vm.run()          // blocks; vCPUs run on their own OS threads
 ///     print(reason.exitStatus)
+///
+/// Files: `init` checks every output (serial file, screenshot) against the inputs (image, modules, KVM
+/// device) and each other before anything is opened, and throws `OutputError` for an output that is an
+/// input, a directory, in a missing or unwritable directory, or of a kind it cannot be. Outputs are
+/// created or truncated only once the VM is built: by `openOutputs()` (or `run()`), and screenshots when
+/// they are taken.
+///
+/// Threads and ownership: `run()` blocks the calling thread (the monitor); `stop(_:)` may be called from
+/// any thread. Screenshot failures are recorded in `State` behind one Mutex.
 public final class VirtualMachine: Sendable {
     public let machine: Machine
     /// The vGPU, when the VM has one.
     public let vgpu: VGPU?
     let screenshotPath: String?
     let logger: Logger
+    /// What outputs must never be.
+    let inputs: [InputFile]
+
+    private struct State {
+        var screenshotError: PNGWriter.WriteError?
+    }
+    private let state = Mutex(State())
 
     public init(image: BootImage, configuration: MachineConfiguration, vgpu options: VGPUOptions? = nil,
                 logger: Logger = Logger(label: "minivisor")) throws {
+        let inputs = configuration.inputFiles(image: image)
+        var outputs = configuration.outputFiles
+        if let p = options?.screenshotPath { outputs.append(OutputFile(.screenshot, p)) }
+        try OutputFiles.check(outputs: outputs, inputs: inputs)
+        self.inputs = inputs
         machine = try Machine(configuration: configuration, image: image, logger: logger)
         self.logger = logger
         screenshotPath = options?.screenshotPath
@@ -48,9 +70,15 @@ public final class VirtualMachine: Sendable {
             let v = try VGPU(machine: machine, host: o.host ?? GPUHost.shared, refreshRate: o.refreshRate, logger: logger)
             vgpu = v
             let path = o.screenshotPath
+            let warned = OnceFlag()
             try machine.pioBus.register(ScreenshotPort { [weak v] in
                 guard let v, let path else { return }
-                do { try PNGWriter.write(v.scanout(), to: path) } catch { logger.warning("\(error)") }
+                do { try PNGWriter.write(v.scanout(), to: path, refusing: inputs) } catch {
+                    // Once: a guest may ask for a screenshot every frame.
+                    if warned.first() {
+                        logger.warning("\(error) (further screenshot errors are not shown)")
+                    }
+                }
             }, base: ScreenshotPort.port, size: 1, name: "screenshot")
         } else {
             vgpu = nil
@@ -59,21 +87,34 @@ public final class VirtualMachine: Sendable {
 
     deinit { vgpu?.shutdown() }
 
+    /// Creates or truncates the output files (the serial file) now, without blocking: a FIFO without a
+    /// reader is refused. `run()` does this itself if it was not done; call it first to tell such a
+    /// failure (`OutputError`, a configuration error) from the guest's own ending.
+    public func openOutputs() throws(OutputError) {
+        try machine.serial.openOutput(refusing: inputs)
+    }
+
     /// Runs until the guest ends. Call once. With a vGPU and a screenshot path, the final scanout is saved
-    /// (when the display is on) and the vGPU is released.
+    /// (when the display is on; a failure is in `screenshotError`) and the vGPU is released.
     public func run() -> ExitReason {
+        do { try openOutputs() } catch { return .hostError("\(error)") }
         let reason = machine.run()
         if let v = vgpu {
             if let path = screenshotPath {
                 let image = v.scanout()
                 if image.width > 0 {
-                    do { try PNGWriter.write(image, to: path) } catch { logger.warning("\(error)") }
+                    do { try PNGWriter.write(image, to: path, refusing: inputs) } catch {
+                        state.withLock { $0.screenshotError = error }
+                    }
                 }
             }
             v.shutdown()
         }
         return reason
     }
+
+    /// Why the screenshot at the end of `run()` could not be written; nil when it was written or not taken.
+    public var screenshotError: PNGWriter.WriteError? { state.withLock { $0.screenshotError } }
 
     /// Ends the VM from another thread.
     public func stop(_ reason: ExitReason = .powerOff) { machine.requestStop(reason) }
@@ -89,6 +130,12 @@ public final class VirtualMachine: Sendable {
         let reason = vm.run()
         return (reason, buffer.text)
     }
+}
+
+/// True for the first caller only. Any thread.
+final class OnceFlag: Sendable {
+    private let done = Atomic<Bool>(false)
+    func first() -> Bool { !done.exchange(true, ordering: .relaxed) }
 }
 
 /// Thread-safe accumulation of serial bytes.

@@ -119,6 +119,7 @@ public final class Machine: MachineControl, @unchecked Sendable {
         }
         guard first else { return }
         stopping.store(true, ordering: .sequentiallyConsistent)
+        serial.cancelOutput()   // a vCPU waiting on a full pipe or terminal gives up
         for c in vcpus { c.kick() }
         stopSignal.signal()
     }
