@@ -299,6 +299,51 @@ struct CLIOutputTests {
         #expect(status == 12, "status \(String(describing: status)) (nil: still running past the deadline)")
     }
 
+    /// A slow reader loses nothing: writes that find the pipe full wait (poll) and resume, and a kick
+    /// signal (EINTR) is retried. The old sink dropped the byte whenever the monitor's halt-query kick
+    /// interrupted a blocked write to stdout.
+    @Test(.enabled(if: Support.kvmAvailable, "needs read-write /dev/kvm"))
+    func slowReaderLosesNothing() throws {
+        let dir = scratch("slow")
+        defer { _ = Support.run("/bin/rm", ["-rf", dir]) }
+        let count = 12_000
+        let guest = writerGuest(dir, count: UInt32(count), code: 3)
+        /// Reads `fd` 64 bytes at a time with pauses until `done()` and end of file; returns the byte count.
+        func drain(_ fd: Int32, done: () -> Bool) -> Int {
+            var total = 0
+            var buf = [UInt8](repeating: 0, count: 64)
+            let until = ContinuousClock.now + .seconds(Self.deadline)
+            while ContinuousClock.now < until {
+                let n = read(fd, &buf, 64)
+                if n > 0 { total += buf[0..<n].filter { $0 == 0x78 }.count; usleep(3000); continue }
+                if n == 0 && done() { break }
+                if n < 0 && errno != EAGAIN && errno != EINTR { break }
+                usleep(3000)
+            }
+            return total
+        }
+        // Standard output, a blocking pipe.
+        let c = Child(Support.minivisor, ["run", guest], stderr: .devNull)
+        _ = fcntl(c.ends[1]!, 1031 /* F_SETPIPE_SZ */, 4096)
+        let viaStdout = drain(c.ends[1]!) { true }
+        #expect(c.wait(seconds: Self.deadline) == 7)
+        #expect(viaStdout == count)
+        // A FIFO as --serial file: (opened O_NONBLOCK by minivisor).
+        mkfifo(dir + "/fifo", 0o644)
+        let reader = open(dir + "/fifo", O_RDONLY | O_NONBLOCK)
+        defer { close(reader) }
+        _ = fcntl(reader, 1031 /* F_SETPIPE_SZ */, 4096)
+        let f = Child(Support.minivisor, ["run", "--serial", "file:\(dir)/fifo", guest], stdout: .devNull, stderr: .devNull)
+        var status: Int32? = nil
+        var raw: Int32 = 0
+        let viaFIFO = drain(reader) {
+            if status == nil && waitpid(f.pid, &raw, WNOHANG) == f.pid { status = (raw >> 8) & 0xff }
+            return status != nil
+        }
+        #expect(status == 7)
+        #expect(viaFIFO == count)
+    }
+
     // MARK: 4. sinks that go away
 
     /// `minivisor run ... | head -c 0`: SIGPIPE used to kill minivisor (status 141) and the guest's status

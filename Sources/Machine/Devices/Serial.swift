@@ -169,12 +169,23 @@ public final class Serial16550: BusDevice {
 final class SerialSink: Sendable {
     enum Target: Sendable { case stdout, file(OutputFile) }
 
+    /// How bytes reach the descriptor.
+    enum Method: Sendable {
+        /// write(2) on a non-blocking descriptor, or on a regular file (which never waits).
+        case write
+        /// send(2) with MSG_DONTWAIT: standard output is a socket.
+        case send
+        /// poll(2) for POLLOUT, then write(2): standard output is a blocking pipe or terminal that could
+        /// not be reopened (slow with small pipes; the fallback only).
+        case pollThenWrite
+    }
+
     private struct State {
         var fd: Int32 = -1
+        var ownsDescriptor = false
+        var method = Method.write
         var opened = false
         var failed = false
-        /// Wait for POLLOUT before each write: standard output may be a blocking pipe or terminal.
-        var pollFirst = false
     }
 
     let target: Target
@@ -184,10 +195,8 @@ final class SerialSink: Sendable {
     init(_ target: Target) { self.target = target }
 
     deinit {
-        if case .file = target {
-            let fd = state.withLock { $0.fd }
-            if fd >= 0 { close(fd) }
-        }
+        let (fd, owned) = state.withLock { ($0.fd, $0.ownsDescriptor) }
+        if owned && fd >= 0 { close(fd) }
     }
 
     /// How messages name the sink.
@@ -204,11 +213,28 @@ final class SerialSink: Sendable {
             switch target {
             case .stdout:
                 var st = stat()
+                let type = fstat(1, &st) == 0 ? st.st_mode & S_IFMT : 0
                 s.fd = 1
-                s.pollFirst = !(fstat(1, &st) == 0 && (st.st_mode & S_IFMT) == S_IFREG)
+                if type == S_IFREG {
+                    s.method = .write
+                } else if type == S_IFSOCK {
+                    s.method = .send
+                } else {
+                    // A pipe or terminal: a non-blocking open file description of our own, so that the
+                    // shell sharing descriptor 1 never sees O_NONBLOCK.
+                    let own = Glibc.open("/proc/self/fd/1", O_WRONLY | O_NONBLOCK | O_CLOEXEC | O_NOCTTY)
+                    if own >= 0 {
+                        s.fd = own
+                        s.ownsDescriptor = true
+                        s.method = .write
+                    } else {
+                        s.method = .pollThenWrite
+                    }
+                }
             case .file(let o):
                 do throws(OutputError) { s.fd = try OutputFiles.open(o, refusing: inputs) } catch { return .failure(error) }
-                s.pollFirst = false    // opened O_NONBLOCK: EAGAIN leads to poll
+                s.ownsDescriptor = true
+                s.method = .write    // opened O_NONBLOCK: EAGAIN leads to poll
             }
             s.opened = true
             return .success(())
@@ -224,30 +250,32 @@ final class SerialSink: Sendable {
     }
 
     func write(_ bytes: UnsafeRawBufferPointer) {
-        var (fd, failed, opened, pollFirst) = state.withLock { ($0.fd, $0.failed, $0.opened, $0.pollFirst) }
+        var (fd, failed, opened, method) = state.withLock { ($0.fd, $0.failed, $0.opened, $0.method) }
         guard !failed else { return }
         if !opened {
             do { try open(refusing: []) } catch {
                 reportFailure("\(error)")
                 return
             }
-            (fd, pollFirst) = state.withLock { ($0.fd, $0.pollFirst) }
+            (fd, method) = state.withLock { ($0.fd, $0.method) }
         }
         var done = 0
-        var waitFirst = pollFirst
+        var waitFirst = method == .pollThenWrite
         while done < bytes.count {
             if cancelled.load(ordering: .relaxed) { return }   // the VM is stopping: drop the rest
             if waitFirst {
                 var p = pollfd(fd: fd, events: Int16(POLLOUT), revents: 0)
-                let r = poll(&p, 1, 100)
+                let r = poll(&p, 1, 100)     // slices: `cancelled` is looked at again at least every 100 ms
                 if r == 0 || (r < 0 && errno == EINTR) { continue }
                 if r < 0 { reportFailure(errno); return }
                 // Ready, or POLLERR/POLLHUP: the write below tells which.
             }
-            let n = Glibc.write(fd, bytes.baseAddress! + done, bytes.count - done)
+            let start = bytes.baseAddress! + done, count = bytes.count - done
+            let n = method == .send ? send(fd, start, count, Int32(MSG_DONTWAIT) | Int32(MSG_NOSIGNAL))
+                                    : Glibc.write(fd, start, count)
             if n > 0 {
                 done += n
-                waitFirst = pollFirst
+                waitFirst = method == .pollThenWrite
                 continue
             }
             let e = n < 0 ? errno : EAGAIN
