@@ -72,18 +72,22 @@ public struct RunRequest: Equatable, Sendable {
 
     public var bootImage: BootImage { image.map { .file($0) } ?? .builtinDemo }
 
-    /// Checks the files before anything is opened: the KVM device is a character device (not a FIFO or a
-    /// regular file), and each output can be written and is not an input or the other output. Opens nothing.
+    /// Checks the files before anything is opened: each output can be written and is not an input or the
+    /// other output, and a KVM device named by MINIVISOR_KVM_DEVICE exists and is a character device (not
+    /// a FIFO or a regular file). Opens nothing.
     public func checkFiles() -> CLIError? {
-        var st = stat()
-        if stat(kvmDevicePath, &st) == 0, (st.st_mode & S_IFMT) != S_IFCHR {
-            return CLIError("MINIVISOR_KVM_DEVICE \(quoted(kvmDevicePath)) is not a character device: unset it or point it at /dev/kvm")
-        }
         let config = configuration()
         var outputs = config.outputFiles
         if let s = screenshot { outputs.append(OutputFile(.screenshot, s)) }
         do { try OutputFiles.check(outputs: outputs, inputs: config.inputFiles(image: bootImage)) } catch {
             return CLIError(error.description)
+        }
+        var st = stat()
+        if stat(kvmDevicePath, &st) == 0, (st.st_mode & S_IFMT) != S_IFCHR {
+            return CLIError("MINIVISOR_KVM_DEVICE \(quoted(kvmDevicePath)) is not a character device: unset it or point it at /dev/kvm")
+        }
+        if kvmDevicePath != "/dev/kvm" && stat(kvmDevicePath, &st) != 0 && errno == ENOENT {
+            return CLIError("MINIVISOR_KVM_DEVICE \(quoted(kvmDevicePath)) does not exist: unset it or point it at /dev/kvm")
         }
         return nil
     }

@@ -469,6 +469,8 @@ struct CLIOutputTests {
         Support.writeFile(image, contents(try Support.guest("hello")))
         expectRefusal(["run", "--serial", "file:\(image)", image], mentions: ["'\(dir)/guest\\n.elf'", "same file"], env: env)
         expectRefusal(["run"], mentions: ["MINIVISOR_KVM_DEVICE", "'\(dir)/guest\\n.elf'"], env: ["MINIVISOR_KVM_DEVICE": image])
+        expectRefusal(["run"], mentions: ["MINIVISOR_KVM_DEVICE", "'/nonexistent/k\\nvm'", "does not exist"],
+                      env: ["MINIVISOR_KVM_DEVICE": "/nonexistent/k\nvm"])
     }
 }
 
