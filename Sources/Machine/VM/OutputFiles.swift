@@ -13,13 +13,6 @@ public struct FileIdentity: Hashable, Sendable {
         self.init(st)
     }
 
-    /// The identity of an open descriptor.
-    public init?(descriptor fd: Int32) {
-        var st = stat()
-        guard fstat(fd, &st) == 0 else { return nil }
-        self.init(st)
-    }
-
     init(_ st: stat) {
         device = UInt64(st.st_dev)
         inode = UInt64(st.st_ino)
