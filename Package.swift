@@ -2,7 +2,7 @@
 import PackageDescription
 
 // Layers, lowest first. A target only depends on targets above it in this list.
-//   CKVM, CLibelf, CSeccomp, Firmware (C)  ->  KVM  ->  Machine  ->  Minivisor  ->  MinivisorCLI
+//   CKVM, CLibelf, CSeccomp, Firmware (C)  ->  KVM  ->  Machine  ->  Minivisor  ->  MinivisorCommands  ->  MinivisorCLI
 //   SoftGPU (the software "physical" GPU) knows nothing of KVM, guests or the mediator.
 //   VGPU (the mediator: vGPU PCI device, GTT shadow, command scanner) sits on Machine + SoftGPU.
 // CKVMBaseline + MinivisorBench hold the benchmark (a minimal C KVM loop as the baseline).
@@ -56,19 +56,25 @@ let package = Package(
         // Benchmarks: minivisor next to a minimal C KVM loop, in one run.
         .target(name: "CKVMBaseline"),
         .target(name: "MinivisorBench", dependencies: ["Minivisor", "Machine", "KVM", "CKVMBaseline", "SoftGPU", "VGPU"]),
-        // The command-line tool.
-        .executableTarget(name: "MinivisorCLI", dependencies: [
-            "Minivisor", "MinivisorBench",
+        // The command line: grammar, parsing and every check that needs no VM (also for fuzzing).
+        .target(name: "MinivisorCommands", dependencies: [
+            "Minivisor",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ]),
         // Testing only: makes a forbidden system call on a vCPU (or the main) thread (IntegrationTests).
         .executableTarget(name: "SeccompProbe", dependencies: ["Minivisor"]),
+        // The command-line tool: a thin entry point over MinivisorCommands.
+        .executableTarget(name: "MinivisorCLI", dependencies: [
+            "Minivisor", "MinivisorBench", "MinivisorCommands",
+            .product(name: "Logging", package: "swift-log"),
+        ]),
 
         .testTarget(name: "MachineTests", dependencies: ["Machine", "KVM", .product(name: "Logging", package: "swift-log")]),
         .testTarget(name: "SoftGPUTests", dependencies: ["SoftGPU"]),
         .testTarget(name: "VGPUTests", dependencies: ["VGPU", "SoftGPU", "Machine", "KVM", "CLibpng",
                                                  .product(name: "Logging", package: "swift-log")]),
+        .testTarget(name: "MinivisorCommandsTests", dependencies: ["MinivisorCommands", "Minivisor"]),
         .testTarget(name: "IntegrationTests", dependencies: ["Minivisor", "Machine", "MinivisorCLI", "SeccompProbe", "CLibpng"]),
     ]
 )

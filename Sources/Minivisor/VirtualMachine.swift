@@ -10,6 +10,7 @@ public struct VGPUOptions: Sendable {
     /// The physical GPU to take a vGPU from; nil uses `GPUHost.shared` (one per process).
     public var host: GPUHost?
     /// Where the screenshot port (0xf5) and the end of the VM write the scanout as PNG; nil = nowhere.
+    /// Checked when the VM is built (`OutputFiles.check`), written only when a screenshot is taken.
     public var screenshotPath: String?
     /// Virtual vblank rate.
     public var refreshRate: Double = 60
@@ -32,6 +33,15 @@ extension GPUHost {
 ///     let vm = try VirtualMachine(image: .file("Guests/build/hello.elf"), configuration: config)
 ///     let reason = vm.run()          // blocks; vCPUs run on their own OS threads
 ///     print(reason.exitStatus)
+///
+/// Files: `init` checks every output (serial file, screenshot) against the inputs (image, modules, KVM
+/// device) and each other before anything is opened, and throws `OutputError` for an output that is an
+/// input, a directory, in a missing or unwritable directory, or of a kind it cannot be. Outputs are
+/// created or truncated only once the VM is built: by `openOutputs()` (or `run()`), and screenshots when
+/// they are taken.
+///
+/// Threads and ownership: `run()` blocks the calling thread (the monitor); `stop(_:)` may be called from
+/// any thread. Screenshot failures are recorded in `State` behind one Mutex.
 public final class VirtualMachine: Sendable {
     public let machine: Machine
     /// The vGPU, when the VM has one.
@@ -40,9 +50,21 @@ public final class VirtualMachine: Sendable {
     let logger: Logger
     /// Screenshot failures: the guest asks for screenshots (port 0xf5), so these lines are rate-limited.
     let screenshotLog: RateLimitedLog
+    /// What outputs must never be.
+    let inputs: [InputFile]
+
+    private struct State {
+        var screenshotError: PNGWriter.WriteError?
+    }
+    private let state = Mutex(State())
 
     public init(image: BootImage, configuration: MachineConfiguration, vgpu options: VGPUOptions? = nil,
                 logger: Logger = Logger(label: "minivisor")) throws {
+        let inputs = configuration.inputFiles(image: image)
+        var outputs = configuration.outputFiles
+        if let p = options?.screenshotPath { outputs.append(OutputFile(.screenshot, p)) }
+        try OutputFiles.check(outputs: outputs, inputs: inputs)
+        self.inputs = inputs
         machine = try Machine(configuration: configuration, image: image, logger: logger)
         self.logger = logger
         let screenshotLog = RateLimitedLog(logger: logger, source: "screenshot")
@@ -54,7 +76,9 @@ public final class VirtualMachine: Sendable {
             let path = o.screenshotPath
             try machine.pioBus.register(ScreenshotPort { [weak v] in
                 guard let v, let path else { return }
-                do { try PNGWriter.write(v.scanout(), to: path) } catch { screenshotLog.log(.warning, "write failure", "\(error)") }
+                do { try PNGWriter.write(v.scanout(), to: path, refusing: inputs) } catch {
+                    screenshotLog.log(.warning, "write failure", "\(error)")
+                }
             }, base: ScreenshotPort.port, size: 1, name: "screenshot")
         } else {
             vgpu = nil
@@ -63,16 +87,28 @@ public final class VirtualMachine: Sendable {
 
     deinit { vgpu?.shutdown() }
 
+    /// Creates or truncates the output files (the serial file) now, without blocking: a FIFO without a
+    /// reader is refused. `run()` does this itself if it was not done; call it first to tell such a
+    /// failure (`OutputError`, a configuration error) from the guest's own ending.
+    public func openOutputs() throws(OutputError) {
+        try machine.serial.openOutput(refusing: inputs)
+    }
+
     /// Runs until the guest ends. Call once. With a vGPU and a screenshot path, the final scanout is saved
-    /// (when the display is on) and the vGPU is released.
-    public func run() -> ExitReason { finish(machine.run()) }
+    /// (when the display is on; a failure is in `screenshotError`) and the vGPU is released.
+    public func run() -> ExitReason {
+        do { try openOutputs() } catch { return .hostError("\(error)") }
+        return finish(machine.run())
+    }
 
     private func finish(_ reason: ExitReason) -> ExitReason {
         if let v = vgpu {
             if let path = screenshotPath {
                 let image = v.scanout()
                 if image.width > 0 {
-                    do { try PNGWriter.write(image, to: path) } catch { screenshotLog.log(.warning, "write failure", "\(error)") }
+                    do { try PNGWriter.write(image, to: path, refusing: inputs) } catch {
+                        state.withLock { $0.screenshotError = error }
+                    }
                 }
             }
             v.shutdown()
@@ -81,6 +117,9 @@ public final class VirtualMachine: Sendable {
         return reason
     }
 
+    /// Why the screenshot at the end of `run()` could not be written; nil when it was written or not taken.
+    public var screenshotError: PNGWriter.WriteError? { state.withLock { $0.screenshotError } }
+
     /// Ends the VM from another thread.
     public func stop(_ reason: ExitReason = .powerOff) { machine.requestStop(reason) }
 
@@ -88,7 +127,10 @@ public final class VirtualMachine: Sendable {
 
     /// Starts the vCPUs (stopped at the entry state when `paused`) and returns; `wait()` then blocks
     /// until the guest ends. `run()` is `start()` + `wait()`.
-    public func start(paused: Bool = false) throws { try machine.start(paused: paused) }
+    public func start(paused: Bool = false) throws {
+        try openOutputs()
+        try machine.start(paused: paused)
+    }
 
     /// Blocks until the guest ends (after `start()`); does what `run()` does at the end.
     public func wait() -> ExitReason { finish(machine.wait()) }
@@ -120,6 +162,12 @@ public final class VirtualMachine: Sendable {
         let reason = vm.run()
         return (reason, buffer.text)
     }
+}
+
+/// True for the first caller only. Any thread.
+final class OnceFlag: Sendable {
+    private let done = Atomic<Bool>(false)
+    func first() -> Bool { !done.exchange(true, ordering: .relaxed) }
 }
 
 /// Thread-safe accumulation of serial bytes.

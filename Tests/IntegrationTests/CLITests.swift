@@ -37,7 +37,7 @@ struct CLITests {
     @Test func memoryTooLarge() { expectUsageError(["run", "--memory", "64T"], mentions: "physical memory") }
     @Test func badCPUCount() { expectUsageError(["run", "--cpus", "0"], mentions: "--cpus") }
     @Test func badSerial() { expectUsageError(["run", "--serial", "tcp:1234"], mentions: "--serial") }
-    @Test func unwritableSerialFile() { expectUsageError(["run", "--serial", "file:/nonexistent/dir/out"], mentions: "serial output file") }
+    @Test func unwritableSerialFile() { expectUsageError(["run", "--serial", "file:/nonexistent/dir/out"], mentions: "--serial file:'/nonexistent/dir/out' cannot be created") }
     @Test func noKVMDevice() { expectUsageError(["run"], mentions: "/nonexistent/kvm", env: ["MINIVISOR_KVM_DEVICE": "/nonexistent/kvm"]) }
 
     /// True when this process can run the CLI as 'nobody' and 'nobody' may not open /dev/kvm.

@@ -3,7 +3,11 @@ import Synchronization
 
 /// Where the UART's transmitted bytes go.
 public enum SerialOutput: Sendable {
+    /// This process's standard output. Writes wait for a full pipe or terminal, but never past the VM's stop.
     case stdout
+    /// A regular file (created or truncated), a FIFO with a reader, or a character device. Nothing is
+    /// opened until `Serial16550.openOutput(refusing:)` (which `VirtualMachine` calls once the VM is built)
+    /// or, failing that, the first transmitted byte. Opened without blocking; writes never block the VM.
     case file(String)
     case none
     /// Every transmitted byte is passed to the closure (called on a vCPU thread).
@@ -11,8 +15,11 @@ public enum SerialOutput: Sendable {
 }
 
 /// A 16550A UART (8 registers, divisor latch, 16-byte receive FIFO, THRE and RX-data interrupts).
-/// Idle line status reads 0x60 (THR empty, transmitter empty). Thread-safety: all state behind a Mutex;
-/// the interrupt line is raised/lowered after the lock is dropped.
+/// Idle line status reads 0x60 (THR empty, transmitter empty).
+///
+/// Threads and ownership: registers are touched by vCPU threads, `receive` by the stdin reader; all
+/// register state is in `State` behind one Mutex. The interrupt line is driven and transmitted bytes are
+/// written after the lock is dropped. Output to stdout or a file goes through a `SerialSink`.
 public final class Serial16550: BusDevice {
     struct State {
         var ier: UInt8 = 0
@@ -30,39 +37,39 @@ public final class Serial16550: BusDevice {
     private let state = Mutex(State())
     private let sink: @Sendable (UInt8) -> Void
     private let setIRQ: @Sendable (Bool) -> Void
-    private let fileFD: Int32
+    /// The descriptor writer for `.stdout` and `.file`; nil for `.none` and `.callback`.
+    private let output: SerialSink?
 
-    /// `setIRQ` drives the UART's interrupt line (IRQ 4 for COM1).
+    /// `setIRQ` drives the UART's interrupt line (IRQ 4 for COM1). Opens nothing (see `SerialOutput.file`).
     public init(output: SerialOutput, setIRQ: @escaping @Sendable (Bool) -> Void) throws {
         self.setIRQ = setIRQ
         switch output {
         case .stdout:
-            fileFD = -1
-            sink = { b in var b = b; _ = Glibc.write(1, &b, 1) }
+            let s = SerialSink(.stdout)
+            self.output = s
+            sink = { s.write($0) }
         case .none:
-            fileFD = -1
+            self.output = nil
             sink = { _ in }
         case .callback(let f):
-            fileFD = -1
+            self.output = nil
             sink = f
         case .file(let path):
-            let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
-            guard fd >= 0 else { throw SerialError.cannotOpen(path, String(cString: strerror(errno))) }
-            fileFD = fd
-            sink = { b in var b = b; _ = Glibc.write(fd, &b, 1) }
+            let s = SerialSink(.file(OutputFile(.serial, path)))
+            self.output = s
+            sink = { s.write($0) }
         }
     }
 
-    deinit { if fileFD >= 0 { close(fileFD) } }
-
-    public enum SerialError: Error, CustomStringConvertible {
-        case cannotOpen(String, String)
-        public var description: String {
-            switch self {
-            case let .cannotOpen(p, e): return "cannot open serial output file \(p): \(e): give a writable path with --serial file:PATH"
-            }
-        }
+    /// Opens the output file (`SerialOutput.file`) now, refusing any of `inputs`; a no-op for other
+    /// outputs and when already open. Call once the VM is built, before it runs.
+    public func openOutput(refusing inputs: [InputFile] = []) throws(OutputError) {
+        try output?.open(refusing: inputs)
     }
+
+    /// Makes a vCPU waiting to write output give up, and drops output from now on (the VM is stopping).
+    /// Safe from any thread.
+    public func cancelOutput() { output?.cancel() }
 
     /// Queues received bytes (from stdin or a test) and raises the RX interrupt if enabled.
     public func receive(_ bytes: [UInt8]) {
@@ -147,5 +154,151 @@ public final class Serial16550: BusDevice {
         }
         if let o = out { sink(o) }
         drive(level)
+    }
+}
+
+/// Writes transmitted bytes to standard output or an output file: partial writes are completed, EINTR
+/// and EAGAIN retried (waiting in `poll` slices, so a full pipe or a paused terminal holds the vCPU
+/// only until the VM stops), and a sink that fails (EPIPE, EIO, EFBIG, ENOSPC, ...) is reported once on
+/// stderr, after which its output is dropped and the guest keeps running.
+///
+/// Threads and ownership: `write` runs on any vCPU thread, several at once; `open` on the thread that
+/// starts the VM (or on the first `write`); `cancel` on any thread. The descriptor and the open/failed
+/// flags are in `State` behind one Mutex, never held while writing or waiting; the descriptor is closed
+/// only in `deinit`, so a writer never sees it closed under it.
+final class SerialSink: Sendable {
+    enum Target: Sendable { case stdout, file(OutputFile) }
+
+    /// How bytes reach the descriptor.
+    enum Method: Sendable {
+        /// write(2) on a non-blocking descriptor, or on a regular file (which never waits).
+        case write
+        /// send(2) with MSG_DONTWAIT: standard output is a socket.
+        case send
+        /// poll(2) for POLLOUT, then write(2): standard output is a blocking pipe or terminal that could
+        /// not be reopened (slow with small pipes; the fallback only).
+        case pollThenWrite
+    }
+
+    private struct State {
+        var fd: Int32 = -1
+        var ownsDescriptor = false
+        var method = Method.write
+        var opened = false
+        var failed = false
+    }
+
+    let target: Target
+    private let state = Mutex(State())
+    private let cancelled = Atomic<Bool>(false)
+
+    init(_ target: Target) { self.target = target }
+
+    deinit {
+        let (fd, owned) = state.withLock { ($0.fd, $0.ownsDescriptor) }
+        if owned && fd >= 0 { close(fd) }
+    }
+
+    /// How messages name the sink.
+    var name: String {
+        switch target {
+        case .stdout: return "standard output"
+        case .file(let o): return o.label
+        }
+    }
+
+    func open(refusing inputs: [InputFile]) throws(OutputError) {
+        let result = state.withLock { s -> Result<Void, OutputError> in
+            guard !s.opened else { return .success(()) }
+            switch target {
+            case .stdout:
+                var st = stat()
+                let type = fstat(1, &st) == 0 ? st.st_mode & S_IFMT : 0
+                s.fd = 1
+                if type == S_IFREG {
+                    s.method = .write
+                } else if type == S_IFSOCK {
+                    s.method = .send
+                } else {
+                    // A pipe or terminal: a non-blocking open file description of our own, so that the
+                    // shell sharing descriptor 1 never sees O_NONBLOCK.
+                    let own = Glibc.open("/proc/self/fd/1", O_WRONLY | O_NONBLOCK | O_CLOEXEC | O_NOCTTY)
+                    if own >= 0 {
+                        s.fd = own
+                        s.ownsDescriptor = true
+                        s.method = .write
+                    } else {
+                        s.method = .pollThenWrite
+                    }
+                }
+            case .file(let o):
+                do throws(OutputError) { s.fd = try OutputFiles.open(o, refusing: inputs) } catch { return .failure(error) }
+                s.ownsDescriptor = true
+                s.method = .write    // opened O_NONBLOCK: EAGAIN leads to poll
+            }
+            s.opened = true
+            return .success(())
+        }
+        try result.get()
+    }
+
+    func cancel() { cancelled.store(true, ordering: .sequentiallyConsistent) }
+
+    func write(_ byte: UInt8) {
+        var b = byte
+        withUnsafeBytes(of: &b) { write($0) }
+    }
+
+    func write(_ bytes: UnsafeRawBufferPointer) {
+        var (fd, failed, opened, method) = state.withLock { ($0.fd, $0.failed, $0.opened, $0.method) }
+        guard !failed else { return }
+        if !opened {
+            do { try open(refusing: []) } catch {
+                reportFailure("\(error)")
+                return
+            }
+            (fd, method) = state.withLock { ($0.fd, $0.method) }
+        }
+        var done = 0
+        var waitFirst = method == .pollThenWrite
+        while done < bytes.count {
+            if cancelled.load(ordering: .relaxed) { return }   // the VM is stopping: drop the rest
+            if waitFirst {
+                var p = pollfd(fd: fd, events: Int16(POLLOUT), revents: 0)
+                let r = poll(&p, 1, 100)     // slices: `cancelled` is looked at again at least every 100 ms
+                if r == 0 || (r < 0 && errno == EINTR) { continue }
+                if r < 0 { reportFailure(errno); return }
+                // Ready, or POLLERR/POLLHUP: the write below tells which.
+            }
+            let start = bytes.baseAddress! + done, count = bytes.count - done
+            let n = method == .send ? send(fd, start, count, Int32(MSG_DONTWAIT) | Int32(MSG_NOSIGNAL))
+                                    : Glibc.write(fd, start, count)
+            if n > 0 {
+                done += n
+                waitFirst = method == .pollThenWrite
+                continue
+            }
+            let e = n < 0 ? errno : EAGAIN
+            switch e {
+            case EINTR: continue
+            case EAGAIN, EWOULDBLOCK: waitFirst = true
+            default: reportFailure(e); return
+            }
+        }
+    }
+
+    private func reportFailure(_ e: Int32) {
+        reportFailure("cannot write serial output to \(name): \(errnoDescription(e))")
+    }
+
+    /// Marks the sink failed and says so once on stderr.
+    private func reportFailure(_ message: String) {
+        let first = state.withLock { s -> Bool in
+            defer { s.failed = true }
+            return !s.failed
+        }
+        guard first else { return }
+        var line = "minivisor: \(message); serial output is dropped from here on, the guest keeps running\n"
+        line.withUTF8 { b in _ = Glibc.write(2, b.baseAddress, b.count) }
     }
 }

@@ -65,6 +65,16 @@ public enum SeccompFilter: String, Sendable, CaseIterable {
     /// The VM-level ioctls device emulation makes from any thread: interrupts.
     static let interrupts: [Rule] = [CKVM_KVM_IRQ_LINE, CKVM_KVM_IRQ_LINE_STATUS, CKVM_KVM_SIGNAL_MSI].map(Rule.ioctl)
 
+    /// Writing a screenshot: create and truncate the checked file, fdopen it (fcntl F_GETFL) and let stdio
+    /// ask whether it is a terminal (ioctl TCGETS) before its first write.
+    static let screenshotFile: [Rule] = [
+        Rule("openat"), Rule("ftruncate"),
+        Rule("fcntl", arg: 1, mask: 0xffff_ffff, value: UInt64(F_GETFL)),
+        Rule.ioctl(UInt(TCGETS)),
+    ]
+    /// The serial sink: waits for a full pipe or terminal to drain (poll, in 100 ms slices) and sends to a
+    /// socket without blocking (send = sendto).
+    static let serialSink: [Rule] = [Rule("poll"), Rule("ppoll"), Rule("sendto")]
     /// openat with flags that only read (tz data for log timestamps, read on first use).
     static let readOnlyOpen = Rule("openat", arg: 2, mask: UInt64(O_ACCMODE | O_CREAT | O_TRUNC), value: UInt64(O_RDONLY))
 
@@ -81,14 +91,11 @@ public enum SeccompFilter: String, Sendable, CaseIterable {
                 CKVM_KVM_GET_LAPIC, CKVM_KVM_SET_LAPIC, CKVM_KVM_SET_MP_STATE, CKVM_KVM_SET_GUEST_DEBUG,
                 // vGPU BAR placement: the aperture slot and the PV doorbells move with the BARs.
                 CKVM_KVM_SET_USER_MEMORY_REGION, CKVM_KVM_IOEVENTFD,
-            ].map(Rule.ioctl) + [
-                Rule("openat"),   // screenshots (port 0xf5) create PNG files
-            ]
+            ].map(Rule.ioctl) + Self.screenshotFile + Self.serialSink   // screenshots on port 0xf5; serial output
         case .device:
             return Self.common + Self.interrupts + [Self.readOnlyOpen, Rule("poll"), Rule("ppoll")]
         case .monitor:
-            return Self.common + [
-                Rule("openat"),   // the CLI writes the last screenshot after run()
+            return Self.common + Self.screenshotFile + [   // the CLI writes the last screenshot after run()
                 Rule("pread64"),  // the vCPUs' KVM statistics (halt detection without exits)
             ]
         case .gdb:

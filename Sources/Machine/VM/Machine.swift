@@ -224,6 +224,7 @@ public final class Machine: MachineControl, @unchecked Sendable {
         }
         guard first else { return }
         stopping.store(true, ordering: .sequentiallyConsistent)
+        serial.cancelOutput()   // a vCPU waiting on a full pipe or terminal gives up
         for c in vcpus { c.wakeForStop() }
         events.signal()
     }
@@ -233,6 +234,9 @@ public final class Machine: MachineControl, @unchecked Sendable {
     /// Starts the vCPU threads (all of them stopped at the entry state when `paused`, as for a debugger
     /// that wants the first instruction) and returns. `wait()` then monitors the VM until it ends.
     public func start(paused: Bool = false) throws {
+        // Outputs are opened here at the latest (VirtualMachine opens them earlier, checked against its
+        // inputs), never lazily on a vCPU thread, whose seccomp filter does not allow creating files.
+        try serial.openOutput()
         let previous = state.withLock { s -> (RunState, Bool) in
             let r = (s.runState, s.bootPlan != nil)
             if r == (.created, true) { s.runState = paused ? .paused : .running }

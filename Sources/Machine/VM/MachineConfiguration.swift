@@ -32,6 +32,22 @@ public struct MachineConfiguration: Sendable {
     public var host: HostProfile = .detect()
 
     public init() {}
+
+    /// The files a VM with this configuration reads: the image (when it is a file), the modules, the
+    /// KVM device. Outputs must be none of them (`OutputFiles`).
+    public func inputFiles(image: BootImage) -> [InputFile] {
+        var inputs: [InputFile] = []
+        if case .file(let path) = image { inputs.append(InputFile(.image, path)) }
+        inputs += modules.map { InputFile(.module, $0.path) }
+        inputs.append(InputFile(.kvmDevice, kvmDevicePath))
+        return inputs
+    }
+
+    /// The files a VM with this configuration writes (the serial output file, if any).
+    public var outputFiles: [OutputFile] {
+        if case .file(let path) = serialOutput { return [OutputFile(.serial, path)] }
+        return []
+    }
 }
 
 /// A configuration the machine refuses. One line, cause and fix; the CLI exits with status 2.
@@ -65,6 +81,7 @@ public enum ConfigurationError: Error, Equatable, CustomStringConvertible, Senda
 
 import Glibc
 
-func hostPhysicalMemory() -> UInt64 {
+/// This host's physical memory in bytes (the upper bound of `MachineConfiguration.memoryBytes`).
+public func hostPhysicalMemory() -> UInt64 {
     UInt64(max(sysconf(Int32(_SC_PHYS_PAGES)), 0)) * UInt64(max(sysconf(Int32(_SC_PAGESIZE)), 0))
 }

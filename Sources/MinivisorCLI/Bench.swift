@@ -1,37 +1,21 @@
-import ArgumentParser
 import Glibc
 import Minivisor
 import MinivisorBench
+import MinivisorCommands
 
-struct Bench: ParsableCommand {
-    static let configuration = CommandConfiguration(
-        abstract: "Measure exit costs against a minimal C KVM loop in the same run, and start-to-exit time.",
-        discussion: """
-        Each exit workload (trapped port write, trapped MMIO write, ioeventfd doorbell) runs the same guest
-        bytes under minivisor and under a minimal C KVM loop, interleaved; per-iteration cost is
-        (min t(2N) - min t(N)) / N over the rounds (noise on a shared host only adds time). vGPU workloads run
-        through the mediator and natively, interleaved; the best of each is compared. Start-to-exit spawns 'minivisor run IMAGE --serial none' and times
-        the whole process. Targets: exit handling within 1.15x of the C loop; start-to-exit under 20 ms.
-        """)
+/// `minivisor bench`.
+func runBench(_ request: BenchRequest) -> Never {
+    do { try BenchRunner(request: request).measure() } catch { fail("benchmark failed: \(error)", status: CLIStatus.hostError) }
+    Glibc.exit(0)
+}
 
-    @Option(help: "Iterations N per measurement (each round also runs 2N).")
-    var iterations: UInt32 = 20000
-
-    @Option(help: "Interleaved rounds per workload (the minimum of each side is used).")
-    var rounds: Int = 7
-
-    @Option(help: "Guest image for the start-to-exit measurement (default: Guests/build/hello.elf, else the built-in demo).")
-    var image: String?
-
-    @Option(help: "Where the built guests are (vgpu_bench.elf for the vGPU benchmarks).")
-    var guests: String = "Guests/build"
-
-    @Option(help: "Start-to-exit repetitions (the median is reported).")
-    var startupRuns: Int = 11
-
-    func run() throws {
-        do { try measure() } catch { fail("benchmark failed: \(error)", status: CLIStatus.hostError) }
-    }
+struct BenchRunner {
+    let request: BenchRequest
+    var iterations: UInt32 { request.iterations }
+    var rounds: Int { request.rounds }
+    var image: String? { request.image }
+    var guests: String { request.guests }
+    var startupRuns: Int { request.startupRuns }
 
     func measure() throws {
         print("minivisor bench: exit costs vs a minimal C KVM loop (same guest bytes, same run)")

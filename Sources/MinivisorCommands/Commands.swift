@@ -1,0 +1,105 @@
+import ArgumentParser
+
+// The command-line grammar (swift-argument-parser). Numeric flags are taken as text and range-checked
+// by `parseArguments`, so every bad value gets minivisor's own one-line message; nothing here runs.
+
+struct MinivisorCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "minivisor",
+        abstract: "A KVM mini hypervisor: boots small test guests with serial on stdout.",
+        discussion: """
+        Exit status of 'run': the guest's debug-exit status (port 0xf4, value V gives (V << 1) | 1), 0 for a \
+        clean power-off, 2 for bad arguments, images, output files or configuration, 4 for a guest reset, 6 for \
+        a triple fault, 8 for a KVM internal error (e.g. an instruction the host cannot emulate), 10 for a VM \
+        entry failure, 12 for --timeout, 14 for an unexpected host error or a final --screenshot that could \
+        not be written, 16 when a seccomp filter refused a system call (one line on stderr names the thread \
+        and the call; rerun with --no-seccomp and report a bug). Serial output that cannot be written (a closed pipe, a full disk) is reported once on \
+        stderr and dropped; the exit status stays the guest's.
+        """,
+        subcommands: [Run.self, Bench.self],
+        defaultSubcommand: Run.self)
+}
+
+struct Run: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Boot a guest image (or the built-in demo guest) and exit with the guest's status.",
+        discussion: """
+        IMAGE is an ELF64 x86-64 executable (entered in 64-bit long mode, RDI = boot information) or a \
+        multiboot v1 kernel (entered like 'qemu -kernel'); see docs/boot-protocol.md. Without IMAGE the \
+        built-in demo guest runs. Serial port COM1 (0x3f8) goes to stdout by default. \
+        Output files (--serial file:, --screenshot) are checked before anything is opened: an output that is \
+        the same file as the image, a module or the other output is refused (status 2). They are created or \
+        truncated only once the VM is built. MINIVISOR_KVM_DEVICE names another KVM device (a character device).
+        """)
+
+    @Argument(help: "Guest image: ELF64 executable or multiboot kernel. Omit it to boot the built-in demo guest.")
+    var image: String?
+
+    @Option(parsing: .unconditional,
+            help: "Guest RAM, e.g. 64M, 256M, 2G (K, M, G, T suffixes; a plain number is bytes): from 4M to this host's physical memory, a multiple of 4K.")
+    var memory: String = "256M"
+
+    @Option(parsing: .unconditional, help: "Number of vCPUs, 1 to 255; vCPU 0 boots, the others wait for INIT/SIPI.")
+    var cpus: String = "1"
+
+    @Option(help: "Command line handed to the guest through its boot protocol.")
+    var cmdline: String = ""
+
+    @Option(help: "Where COM1 output goes: stdio, file:PATH (a regular file, a FIFO with a reader or a character device) or none. Input comes from stdin when it is a terminal.")
+    var serial: String = "stdio"
+
+    @Option(name: .customLong("module"), help: "Multiboot module: a file, optionally followed by arguments (\"PATH ARGS\"). Repeatable.")
+    var modules: [String] = []
+
+    @Option(parsing: .unconditional,
+            help: "End the guest after this many seconds (0.001 to 31536000, fractions allowed) with exit status 12.")
+    var timeout: String?
+
+    @Flag(help: "Give the guest a mediated vGPU (PCI 4d56:0001, see docs/vgpu.md).")
+    var vgpu = false
+
+    @Option(help: "With --vgpu: write the display as PNG to PATH (a regular file) when the guest writes to port 0xf5 and when the VM ends.")
+    var screenshot: String?
+
+    @Option(help: "In-kernel i8254 PIT: auto (multiboot kernels get one, minivisor ELF64 guests use the LAPIC timer), on or off.")
+    var pit: String = "auto"
+
+    @Flag(name: .customLong("no-seccomp"), help: "Run without the per-thread seccomp filters (vCPU, device and main threads), for debugging.")
+    var noSeccomp = false
+
+    @Option(parsing: .unconditional, help: "Listen for gdb on 127.0.0.1:PORT (GDB remote protocol; 'target remote :PORT'), see docs/debugging.md.")
+    var gdb: String?
+
+    @Flag(name: .customLong("gdb-wait"), help: "With --gdb: stop before the first guest instruction until gdb continues it (like QEMU's -s -S).")
+    var gdbWait = false
+
+    @Option(help: "Log level on stderr: trace, debug, info, notice, warning, error, critical. Unclaimed port/MMIO accesses are logged at debug.")
+    var logLevel: String = "warning"
+}
+
+struct Bench: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Measure exit costs against a minimal C KVM loop in the same run, and start-to-exit time.",
+        discussion: """
+        Each exit workload (trapped port write, trapped MMIO write, ioeventfd doorbell) runs the same guest \
+        bytes under minivisor and under a minimal C KVM loop, interleaved; per-iteration cost is \
+        (min t(2N) - min t(N)) / N over the rounds (noise on a shared host only adds time). vGPU workloads run \
+        through the mediator and natively, interleaved; the best of each is compared. Start-to-exit spawns 'minivisor run IMAGE --serial none' and times \
+        the whole process. Targets: exit handling within 1.15x of the C loop; start-to-exit under 20 ms.
+        """)
+
+    @Option(parsing: .unconditional, help: "Iterations N per measurement, 1 to 10000000 (each round also runs 2N).")
+    var iterations: String = "20000"
+
+    @Option(parsing: .unconditional, help: "Interleaved rounds per workload, 1 to 1000 (the minimum of each side is used).")
+    var rounds: String = "7"
+
+    @Option(help: "Guest image for the start-to-exit measurement (default: Guests/build/hello.elf, else the built-in demo).")
+    var image: String?
+
+    @Option(help: "Where the built guests are (vgpu_bench.elf for the vGPU benchmarks).")
+    var guests: String = "Guests/build"
+
+    @Option(parsing: .unconditional, help: "Start-to-exit repetitions, 1 to 1000 (the median is reported).")
+    var startupRuns: String = "11"
+}

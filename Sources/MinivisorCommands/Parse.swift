@@ -1,0 +1,277 @@
+import ArgumentParser
+import Glibc
+import Logging
+import Minivisor
+
+/// Exit statuses the CLI itself uses (the VM's own are in `ExitReason.exitStatus`).
+public enum CLIStatus {
+    /// Bad arguments, image, output file or configuration.
+    public static let usage: Int32 = ExitReason.configurationErrorStatus
+    /// An unexpected host error, or a final screenshot that could not be written.
+    public static let hostError: Int32 = 14
+}
+
+/// Why the command line was refused: one line (no "minivisor: " prefix) naming the cause and the fix,
+/// and the exit status (2).
+public struct CLIError: Error, Equatable, CustomStringConvertible, Sendable {
+    public let message: String
+    public let status: Int32
+    public init(_ message: String, status: Int32 = CLIStatus.usage) {
+        self.message = message
+        self.status = status
+    }
+    public var description: String { message }
+}
+
+/// Where `run` sends COM1.
+public enum SerialChoice: Equatable, Sendable {
+    case stdio, none
+    case file(String)
+}
+
+/// A checked `minivisor run` command line.
+public struct RunRequest: Equatable, Sendable {
+    public var image: String?
+    public var memoryBytes: UInt64
+    public var cpus: Int
+    public var cmdline: String
+    public var serial: SerialChoice
+    /// "PATH [ARGS]" as given.
+    public var modules: [String]
+    public var timeoutSeconds: Double?
+    public var vgpu: Bool
+    public var screenshot: String?
+    public var pit: MachineConfiguration.PITMode
+    public var logLevel: Logger.Level
+    /// The KVM device (MINIVISOR_KVM_DEVICE, else /dev/kvm).
+    public var kvmDevicePath: String
+    /// Per-thread seccomp filters (off with --no-seccomp).
+    public var seccomp: Bool = true
+    /// --gdb PORT: the gdb stub's TCP port on 127.0.0.1 (0: any free port).
+    public var gdbPort: Int? = nil
+    /// --gdb-wait: stop before the first guest instruction until gdb continues.
+    public var gdbWait: Bool = false
+
+    /// The timeout as a Duration (whole milliseconds; the range check keeps it far from overflow).
+    public var timeout: Duration? {
+        timeoutSeconds.map { .milliseconds(Int64(($0 * 1000).rounded())) }
+    }
+
+    /// The machine configuration this command line asks for (serial input from stdin when it is a terminal
+    /// is the caller's business: see `serialInputFromStdin`).
+    public func configuration() -> MachineConfiguration {
+        var c = MachineConfiguration()
+        c.memoryBytes = memoryBytes
+        c.cpuCount = cpus
+        c.cmdline = cmdline
+        c.pit = pit
+        c.kvmDevicePath = kvmDevicePath
+        c.modules = modules.map(BootModule.init(argument:))
+        c.timeout = timeout
+        c.seccomp = seccomp ? .vmThreadsAndMonitor : .off
+        switch serial {
+        case .stdio: c.serialOutput = .stdout
+        case .none: c.serialOutput = .none
+        case .file(let path): c.serialOutput = .file(path)
+        }
+        return c
+    }
+
+    public var bootImage: BootImage { image.map { .file($0) } ?? .builtinDemo }
+
+    /// Checks the files before anything is opened: each output can be written and is not an input or the
+    /// other output, and a KVM device named by MINIVISOR_KVM_DEVICE exists and is a character device (not
+    /// a FIFO or a regular file). Opens nothing.
+    public func checkFiles() -> CLIError? {
+        let config = configuration()
+        var outputs = config.outputFiles
+        if let s = screenshot { outputs.append(OutputFile(.screenshot, s)) }
+        do { try OutputFiles.check(outputs: outputs, inputs: config.inputFiles(image: bootImage)) } catch {
+            return CLIError(error.description)
+        }
+        var st = stat()
+        if stat(kvmDevicePath, &st) == 0, (st.st_mode & S_IFMT) != S_IFCHR {
+            return CLIError("MINIVISOR_KVM_DEVICE \(quoted(kvmDevicePath)) is not a character device: unset it or point it at /dev/kvm")
+        }
+        if kvmDevicePath != "/dev/kvm" && stat(kvmDevicePath, &st) != 0 && errno == ENOENT {
+            return CLIError("MINIVISOR_KVM_DEVICE \(quoted(kvmDevicePath)) does not exist: unset it or point it at /dev/kvm")
+        }
+        return nil
+    }
+}
+
+/// A checked `minivisor bench` command line.
+public struct BenchRequest: Equatable, Sendable {
+    public var iterations: UInt32
+    public var rounds: Int
+    public var image: String?
+    public var guests: String
+    public var startupRuns: Int
+}
+
+/// What the command line asks for.
+public enum ParsedCommand: Equatable, Sendable {
+    case run(RunRequest)
+    case bench(BenchRequest)
+    /// --help and the like: print the text on stdout and exit 0.
+    case help(String)
+}
+
+/// Parses and checks a command line (the arguments after the program name) without running anything
+/// and without touching files: every flag's syntax and range, for `run` and `bench`. Never exits the
+/// process and never traps, whatever `argv` holds. `environment` supplies MINIVISOR_KVM_DEVICE.
+public func parseArguments(_ argv: [String], environment: [String: String] = [:]) -> Result<ParsedCommand, CLIError> {
+    let command: ParsableCommand
+    do {
+        command = try MinivisorCommand.parseAsRoot(argv)
+    } catch {
+        if MinivisorCommand.exitCode(for: error) == .success {
+            return .success(.help(MinivisorCommand.fullMessage(for: error)))
+        }
+        return .failure(CLIError("\(oneLine(MinivisorCommand.message(for: error))) (see 'minivisor run --help')"))
+    }
+    do {
+        switch command {
+        case let r as Run: return .success(.run(try r.request(environment: environment)))
+        case let b as Bench: return .success(.bench(try b.request()))
+        default:
+            // `help SUBCOMMAND` and --help: the parser's help command only throws the help request.
+            var help = command
+            do { try help.run() } catch {
+                if MinivisorCommand.exitCode(for: error) == .success {
+                    return .success(.help(MinivisorCommand.fullMessage(for: error)))
+                }
+            }
+            return .success(.help(MinivisorCommand.helpMessage()))
+        }
+    } catch {
+        return .failure(error)
+    }
+}
+
+/// The first part of an argument parser message, as one line: its usage and help lines dropped, line
+/// breaks and other control characters inside quoted user text escaped.
+func oneLine(_ message: String) -> String {
+    var text = Substring(message)
+    for marker in ["\nUsage:", "\nHelp:", "\n  See '"] {
+        if let r = text.firstRange(of: marker) { text = text[..<r.lowerBound] }
+    }
+    while let last = text.last, last.isWhitespace { text.removeLast() }
+    var out = ""
+    for scalar in text.unicodeScalars {
+        if scalar.value < 0x20 || scalar.value == 0x7f || (0x80..<0xa0).contains(scalar.value) {
+            out += scalar == "\n" ? "\\n" : scalar == "\t" ? "\\t" : "\\u{" + String(scalar.value, radix: 16) + "}"
+        } else {
+            out.unicodeScalars.append(scalar)
+        }
+    }
+    if out.hasPrefix("Error: ") { out.removeFirst("Error: ".count) }
+    return out
+}
+
+extension Run {
+    func request(environment: [String: String]) throws(CLIError) -> RunRequest {
+        let memoryBytes = try checkMemory(memory)
+        let cpus = try wholeNumber(self.cpus, flag: "--cpus", range: 1...255, example: "2")
+        let serialChoice: SerialChoice
+        switch serial {
+        case "stdio": serialChoice = .stdio
+        case "none": serialChoice = .none
+        default:
+            guard serial.hasPrefix("file:") else {
+                throw CLIError("--serial \(quoted(serial)) is not understood: use stdio, none or file:PATH")
+            }
+            let path = String(serial.dropFirst(5))
+            guard !path.isEmpty else { throw CLIError("--serial file: needs a path: use file:PATH, e.g. file:serial.log") }
+            serialChoice = .file(path)
+        }
+        for m in modules where BootModule(argument: m).path.isEmpty {
+            throw CLIError("--module \(quoted(m)) names no file: give \"PATH [ARGS]\"")
+        }
+        if let image, image.isEmpty { throw CLIError("the guest image path is empty: give an image file or omit it for the built-in demo") }
+        if screenshot != nil && !vgpu { throw CLIError("--screenshot needs a display: add --vgpu") }
+        if let s = screenshot, s.isEmpty { throw CLIError("--screenshot needs a path: give a PNG file name, e.g. --screenshot out.png") }
+        guard let pitMode = MachineConfiguration.PITMode(rawValue: pit) else {
+            throw CLIError("--pit \(quoted(pit)) is not understood: use auto, on or off")
+        }
+        guard let level = Logger.Level(rawValue: logLevel) else {
+            throw CLIError("--log-level \(quoted(logLevel)) is not a level: use trace, debug, info, notice, warning, error or critical")
+        }
+        let seconds = try timeout.map { t throws(CLIError) in try checkTimeout(t) }
+        let gdbPort = try gdb.map { p throws(CLIError) in try wholeNumber(p, flag: "--gdb", range: 0...65535, example: "1234") }
+        if gdbWait && gdbPort == nil { throw CLIError("--gdb-wait needs a port to wait on: add --gdb PORT") }
+        let kvm = environment["MINIVISOR_KVM_DEVICE"] ?? "/dev/kvm"
+        guard !kvm.isEmpty else { throw CLIError("MINIVISOR_KVM_DEVICE is empty: unset it or point it at /dev/kvm") }
+        return RunRequest(image: image, memoryBytes: memoryBytes, cpus: cpus, cmdline: cmdline, serial: serialChoice,
+                          modules: modules, timeoutSeconds: seconds, vgpu: vgpu, screenshot: screenshot, pit: pitMode,
+                          logLevel: level, kvmDevicePath: kvm, seccomp: !noSeccomp, gdbPort: gdbPort, gdbWait: gdbWait)
+    }
+}
+
+extension Bench {
+    func request() throws(CLIError) -> BenchRequest {
+        BenchRequest(iterations: UInt32(try wholeNumber(iterations, flag: "--iterations", range: 1...10_000_000, example: "20000")),
+                     rounds: try wholeNumber(rounds, flag: "--rounds", range: 1...1000, example: "7"),
+                     image: image, guests: guests,
+                     startupRuns: try wholeNumber(startupRuns, flag: "--startup-runs", range: 1...1000, example: "11"))
+    }
+}
+
+/// The longest --timeout: 365 days.
+let maximumTimeoutSeconds = 31_536_000.0
+
+func checkTimeout(_ text: String) throws(CLIError) -> Double {
+    let range = "give seconds from 0.001 to \(Int(maximumTimeoutSeconds)) (365 days), e.g. --timeout 10"
+    guard let t = Double(text) else { throw CLIError("--timeout \(quoted(text)) is not a number: \(range)") }
+    guard t.isFinite, t >= 0.001, t <= maximumTimeoutSeconds else {
+        throw CLIError("--timeout \(quoted(text)) is out of range: \(range)")
+    }
+    return t
+}
+
+/// A decimal integer in `range`; out-of-range and overflowing values get the range in the message.
+func wholeNumber(_ text: String, flag: String, range: ClosedRange<Int>, example: String) throws(CLIError) -> Int {
+    let give = "give a whole number from \(range.lowerBound) to \(range.upperBound), e.g. \(flag) \(example)"
+    let digits = text.hasPrefix("-") || text.hasPrefix("+") ? text.dropFirst() : Substring(text)
+    guard !digits.isEmpty, digits.utf8.allSatisfy({ $0 >= 0x30 && $0 <= 0x39 }) else {
+        throw CLIError("\(flag) \(quoted(text)) is not a whole number: \(give)")
+    }
+    guard let n = Int(text), range.contains(n) else { throw CLIError("\(flag) \(quoted(text)) is out of range: \(give)") }
+    return n
+}
+
+/// Sizes such as 256M, 1G, 512K, 64MiB or a plain byte count. `.overflow` when the value does not fit
+/// in 64 bits.
+enum SizeParse: Equatable { case bytes(UInt64), overflow, invalid }
+
+func parseSize(_ text: String) -> SizeParse {
+    var s = Substring(text.uppercased())
+    for suffix in ["IB", "B"] where s.hasSuffix(suffix) && s.count > suffix.count { s.removeLast(suffix.count); break }
+    var shift: UInt64 = 0
+    if let last = s.last, let k = ["K": 10, "M": 20, "G": 30, "T": 40][String(last)] { shift = UInt64(k); s.removeLast() }
+    guard !s.isEmpty, s.utf8.allSatisfy({ $0 >= 0x30 && $0 <= 0x39 }) else { return .invalid }
+    guard let n = UInt64(s) else { return .overflow }
+    let (v, o) = n.multipliedReportingOverflow(by: 1 << shift)
+    return o ? .overflow : .bytes(v)
+}
+
+/// "24105M": a byte count for messages, in MiB rounded down.
+func sizeText(_ bytes: UInt64) -> String { "\(bytes >> 20)M" }
+
+func checkMemory(_ text: String) throws(CLIError) -> UInt64 {
+    let maxBytes = min(hostPhysicalMemory(), MemoryLayout.maximumRAM) & ~(MemoryLayout.pageSize - 1)
+    let range = "give 4M to \(sizeText(maxBytes)) (this host's physical memory), e.g. --memory 256M"
+    switch parseSize(text) {
+    case .invalid:
+        throw CLIError("--memory \(quoted(text)) is not a size: use a number with an optional K, M, G or T suffix; \(range)")
+    case .overflow:
+        throw CLIError("--memory \(quoted(text)) is more than this host's physical memory: \(range)")
+    case .bytes(let b):
+        guard b >= MemoryLayout.minimumRAM else { throw CLIError("--memory \(quoted(text)) is too small: \(range)") }
+        guard b <= maxBytes else { throw CLIError("--memory \(quoted(text)) is more than this host's physical memory: \(range)") }
+        guard b % MemoryLayout.pageSize == 0 else {
+            throw CLIError("--memory \(quoted(text)) is not a multiple of 4K: \(range)")
+        }
+        return b
+    }
+}
