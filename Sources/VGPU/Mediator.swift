@@ -145,9 +145,9 @@ extension VGPU {
     /// Records a rejected submission in the error block and the engine's virtual state, and tells the guest
     /// (nothing, when a RESET came after the scan began: `generation` is then stale).
     func reject(_ e: EngineID, _ r: ScanRejection, generation: UInt64) {
-        let current = state.withLock { s -> Bool in
+        let newly = state.withLock { s -> UInt32? in
             let i = e.rawValue
-            guard s.engines[i].generation == generation else { return false }
+            guard s.engines[i].generation == generation else { return nil }
             s.engines[i].error = VGPURegs.rejectedErrorBase + r.reason.rawValue
             s.engines[i].errorIP = r.commandGM
             s.engines[i].faultAddress = r.operand
@@ -160,12 +160,12 @@ extension VGPU {
             s.errLevel = UInt32(r.level)
             s.errOperand = r.operand
             s.errCount &+= 1
-            return true
+            return VGPU.latch(VGPURegs.rejected(e) | Interrupt.error(e), in: &s)
         }
-        guard current else { return }
+        guard let newly else { return }
         rejections.add(1, ordering: .relaxed)
         log.log(.warning, "rejected \(e) submission", "vgpu\(id): rejected \(e) submission: \(r)")
-        raise(VGPURegs.rejected(e) | Interrupt.error(e))
+        if newly != 0 { signalInterrupt() }
     }
 
     /// Places the shadow buffers of `group` in the arena (ring fragments back to back in the physical
@@ -255,19 +255,18 @@ extension VGPU {
         }
 
         var bits: UInt32 = 0
-        var failed: EngineError? = nil
-        state.withLock { s in
+        var failed: (error: EngineError, command: UInt64, address: UInt64)? = nil
+        let newly = state.withLock { s -> UInt32 in
             let i = e.rawValue
             s.engines[i].executing = false
             // Cancelled or aborted by a RESET or shutdown: the engine's state is already as after reset.
-            guard started, s.engines[i].generation == generation else { return }
+            guard started, s.engines[i].generation == generation else { return 0 }
             s.engines[i].commandCount &+= UInt32(truncatingIfNeeded: executed)
             var completed = group.count
             switch outcome {
             case .idle:
                 bits |= Interrupt.idle(e)
             case .error(let err):
-                failed = err
                 let where_ = locate(err.commandAddress)
                 completed = where_?.submission ?? 0
                 s.engines[i].error = err.code.rawValue
@@ -275,6 +274,7 @@ extension VGPU {
                 // command fetch) is reported where the guest wrote it.
                 s.engines[i].faultAddress = locate(err.faultAddress)?.guest ?? err.faultAddress
                 s.engines[i].errorIP = where_?.guest ?? err.commandAddress
+                failed = (err, s.engines[i].errorIP, s.engines[i].faultAddress)
                 s.engines[i].queue.removeAll()   // the engine stops: nothing after the failure runs
                 bits |= Interrupt.error(e)
             case .timedOut:
@@ -298,9 +298,14 @@ extension VGPU {
                     }
                 }
             }
+            return VGPU.latch(bits, in: &s)   // with the state it reports (see `latch`)
         }
-        if let err = failed { log.log(.warning, "\(e) engine error", "vgpu\(id): \(e) engine error: \(err)") }
-        if bits != 0 { raise(bits) }
+        if let f = failed {
+            let command = String(f.command, radix: 16), address = String(f.address, radix: 16)
+            log.log(.warning, "\(e) engine error",
+                    "vgpu\(id): \(e) engine error: \(f.error.code) at command 0x\(command), address 0x\(address): \(f.error.detail)")
+        }
+        if newly != 0 { signalInterrupt() }
     }
 
     /// One virtual vblank: counts it and completes the armed flips (several armed between two vblanks

@@ -548,14 +548,20 @@ public final class VGPU: PCIFunction, BusDevice, @unchecked Sendable {
 
     /// Latches `bits` into the virtual ISR/IIR (honouring IMR) and injects an MSI for newly pending ones.
     func raise(_ bits: UInt32) {
-        let newly = state.withLock { s -> UInt32 in
-            let before = s.iir & s.ier
-            // ISR latches pulses; the engines' error bits are levels, read from the engine state.
-            s.isr |= bits & ~(Interrupt.rcsError | Interrupt.bcsError)
-            s.iir |= bits & ~s.imr
-            return (s.iir & s.ier) & ~before
-        }
+        let newly = state.withLock { VGPU.latch(bits, in: &$0) }
         if newly != 0 { signalInterrupt() }
+    }
+
+    /// Latches `bits` into ISR/IIR under the state lock; returns the bits that newly became pending
+    /// (IIR & IER), for which the caller signals the interrupt after dropping the lock. Latching in the same
+    /// critical section as the state change it reports means a driver that sees the change (STATUS, HEAD,
+    /// the error block) also sees the interrupt bit.
+    static func latch(_ bits: UInt32, in s: inout State) -> UInt32 {
+        let before = s.iir & s.ier
+        // ISR latches pulses; the engines' error bits are levels, read from the engine state.
+        s.isr |= bits & ~(Interrupt.rcsError | Interrupt.bcsError)
+        s.iir |= bits & ~s.imr
+        return (s.iir & s.ier) & ~before
     }
 
     /// Tells the guest: an MSI when MSI is enabled, else INTA# (level: asserted while IIR & IER != 0,
