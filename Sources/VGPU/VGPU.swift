@@ -22,8 +22,8 @@ import Synchronization
 ///   it, together with starting the pass, and clears it when the pass has ended; RESET and `shutdown()`
 ///   reset the physical engine only while holding it set, so an abort can only ever hit this vGPU's own
 ///   work, never another vGPU's pass on the shared engine. It is the one lock held while calling out (into
-///   `Engine.reset()`, which returns at the engine's next command boundary); nothing else is taken under
-///   it but the state lock, briefly;
+///   the SoftGPU engine: starting a pass, or `Engine.reset()`, which returns at the engine's next command
+///   boundary); under it only the state and lifecycle locks are taken, briefly, never the other way round;
 /// - each engine's `generation` (in `state`) counts its RESETs: a scan or pass that began before a RESET
 ///   sees a different generation when it ends and leaves no trace (no queue entry, HEAD, error or interrupt);
 /// - interrupts are injected with KVM_SIGNAL_MSI from whichever thread raised them, after the state lock
