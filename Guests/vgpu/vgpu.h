@@ -137,6 +137,15 @@
 #define VGPU_ERR_OPERAND  0x7901cu
 #define VGPU_ERR_COUNT    0x79024u
 
+/* ---- statistics block (docs/vgpu.md section 7): read-only counters, low 32 bits ---- */
+#define VGPU_STAT_BAD_ACCESS        0x7a000u
+#define VGPU_STAT_PRIVILEGED_WRITES 0x7a004u
+#define VGPU_STAT_REFUSED_ADDRESS   0x7a008u
+#define VGPU_STAT_GTT_REJECTED      0x7a00cu
+#define VGPU_STAT_GTT_DROPPED       0x7a010u
+#define VGPU_STAT_SUBMISSIONS       0x7a014u
+#define VGPU_STAT_REJECTIONS        0x7a018u
+
 enum vgpu_reason {
     VGPU_REASON_UNKNOWN_COMMAND = 1,
     VGPU_REASON_WRONG_ENGINE = 2,

@@ -492,6 +492,9 @@ public final class Engine: @unchecked Sendable {
         }
     }
 
+    /// Polled by long commands between row blocks: a reset or stop is pending.
+    private func shouldAbort() -> Bool { abort.load(ordering: .relaxed) }
+
     /// Executes a non-control-flow command in `cmd`.
     private func execute(_ info: CommandInfo, _ acc: inout GMAccessor) throws {
         try checkOperands(info)
@@ -521,15 +524,15 @@ public final class Engine: @unchecked Sendable {
             case .displayFlip:
                 let plane: DisplayEngine.Plane = (c[0] & CommandHeader.flipPlaneMask) == 0 ? .primary : .cursor
                 display.flip(plane, base: info.addresses[0].address(in: c), stride: c[1])
+            // Long commands poll the abort flag between row blocks, so a reset or stop lands inside them.
             case .colorBlt:
-                try Blitter.colorBlt(c, &acc)
+                if try !Blitter.colorBlt(c, &acc, shouldAbort: shouldAbort) { throw Aborted() }
             case .srcCopyBlt:
-                try Blitter.srcCopyBlt(c, &acc)
+                if try !Blitter.srcCopyBlt(c, &acc, shouldAbort: shouldAbort) { throw Aborted() }
             case .saxpy:
-                try Compute.saxpy(c, &acc)
+                if try !Compute.saxpy(c, &acc, shouldAbort: shouldAbort) { throw Aborted() }
             case .sgemm:
-                let ok = try Compute.sgemm(c, &acc) { self.abort.load(ordering: .relaxed) }
-                if !ok { throw Aborted() }
+                if try !Compute.sgemm(c, &acc, shouldAbort: shouldAbort) { throw Aborted() }
             case .batchBufferStart, .batchBufferEnd:
                 break   // handled by the callers
             }

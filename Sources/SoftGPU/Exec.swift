@@ -6,8 +6,9 @@ import Glibc
 
 /// 2D blits (operands already validated against the command table).
 enum Blitter {
-    /// COLOR_BLT: fill [x1,x2) x [y1,y2), clipped to the surface, with a 32-bit colour.
-    static func colorBlt(_ c: [UInt32], _ acc: inout GMAccessor) throws(GMFault) {
+    /// COLOR_BLT: fill [x1,x2) x [y1,y2), clipped to the surface, with a 32-bit colour. `shouldAbort` is
+    /// polled between rows; returns false when it aborted (the rows before it are filled).
+    static func colorBlt(_ c: [UInt32], _ acc: inout GMAccessor, shouldAbort: () -> Bool = { false }) throws(GMFault) -> Bool {
         let pitch = UInt64(c[1])
         let (x1, y1) = xy(c[2])
         let (x2, y2) = xy(c[3])
@@ -16,18 +17,21 @@ enum Blitter {
         let (w, h) = wh(c[7])
         let xs = max(x1, 0), xe = min(x2, Int(w))
         let ys = max(y1, 0), ye = min(y2, Int(h))
-        guard xs < xe, ys < ye else { return }
+        guard xs < xe, ys < ye else { return true }
         for y in ys..<ye {
+            if (y - ys) & 63 == 0 && shouldAbort() { return false }
             try acc.forEachRun(dst + UInt64(y) * pitch + UInt64(xs) * 4, UInt64(xe - xs) * 4, write: true) { p, n in
                 p.initializeMemory(as: UInt32.self, repeating: color, count: n / 4)
             }
         }
+        return true
     }
 
     /// SRC_COPY_BLT: copy the destination rectangle from the source surface at (sx, sy); pixels whose
     /// destination or source lies outside its surface are not copied. Overlapping copies behave as if
     /// through a temporary row buffer, rows ordered by address (memmove semantics for equal pitches).
-    static func srcCopyBlt(_ c: [UInt32], _ acc: inout GMAccessor) throws(GMFault) {
+    /// `shouldAbort` is polled between rows; returns false when it aborted.
+    static func srcCopyBlt(_ c: [UInt32], _ acc: inout GMAccessor, shouldAbort: () -> Bool = { false }) throws(GMFault) -> Bool {
         let dpitch = UInt64(c[1])
         let (dx1, dy1) = xy(c[2])
         let (dx2, dy2) = xy(c[3])
@@ -40,7 +44,7 @@ enum Blitter {
         let offX = sx - dx1, offY = sy - dy1
         let xs = max(dx1, 0, -offX), xe = min(dx2, Int(dw), Int(sw) - offX)
         let ys = max(dy1, 0, -offY), ye = min(dy2, Int(dh), Int(sh) - offY)
-        guard xs < xe, ys < ye else { return }
+        guard xs < xe, ys < ye else { return true }
         let rowBytes = (xe - xs) * 4
         let row = UnsafeMutableRawPointer.allocate(byteCount: rowBytes, alignment: 16)
         defer { row.deallocate() }
@@ -48,12 +52,14 @@ enum Blitter {
         let firstDst = dst + UInt64(ys) * dpitch + UInt64(xs) * 4
         let firstSrc = src + UInt64(ys + offY) * spitch + UInt64(xs + offX) * 4
         let rows: [Int] = firstDst > firstSrc ? Array((ys..<ye).reversed()) : Array(ys..<ye)
-        for y in rows {
+        for (done, y) in rows.enumerated() {
+            if done & 63 == 0 && shouldAbort() { return false }
             let s = src + UInt64(y + offY) * spitch + UInt64(xs + offX) * 4
             let d = dst + UInt64(y) * dpitch + UInt64(xs) * 4
             try acc.copyOut(s, to: row, count: UInt64(rowBytes))
             try acc.copyIn(d, from: row, count: UInt64(rowBytes))
         }
+        return true
     }
 }
 
@@ -65,16 +71,26 @@ enum Compute {
         return p
     }()
 
-    /// SAXPY over the host runs of x and y, split where either changes run.
-    static func saxpy(_ c: [UInt32], _ acc: inout GMAccessor) throws(GMFault) {
+    /// Elements SAXPY computes between two polls of `shouldAbort` (a "row block" of 256 KiB of y).
+    static let saxpyBlock = 1 << 16
+
+    /// SAXPY over the host runs of x and y, split where either changes run. `shouldAbort` is polled before
+    /// each block of `saxpyBlock` elements; returns false when it aborted (the blocks before it are done).
+    static func saxpy(_ c: [UInt32], _ acc: inout GMAccessor, shouldAbort: () -> Bool = { false }) throws(GMFault) -> Bool {
         let n = UInt64(c[1])
-        guard n > 0 else { return }
+        guard n > 0 else { return true }
         let a = Float(bitPattern: c[2])
         let xr = try acc.runs(operandAddress(c, 3), n * 4, write: false)
         let yr = try acc.runs(operandAddress(c, 5), n * 4, write: true)
         var i = 0, j = 0, xo = 0, yo = 0
+        var sinceCheck = saxpyBlock
         while i < xr.count && j < yr.count {
-            let seg = min(xr[i].length - xo, yr[j].length - yo)
+            if sinceCheck >= saxpyBlock {
+                if shouldAbort() { return false }
+                sinceCheck = 0
+            }
+            let seg = min(xr[i].length - xo, yr[j].length - yo, (saxpyBlock - sinceCheck) * 4)
+            sinceCheck += seg / 4
             Kernels.saxpy(n: seg / 4, a: a,
                           x: UnsafePointer((xr[i].pointer + xo).assumingMemoryBound(to: Float.self)),
                           y: (yr[j].pointer + yo).assumingMemoryBound(to: Float.self))
@@ -83,6 +99,7 @@ enum Compute {
             if xo == xr[i].length { i += 1; xo = 0 }
             if yo == yr[j].length { j += 1; yo = 0 }
         }
+        return true
     }
 
     /// A matrix operand as one host pointer: direct when its GM range is host-contiguous, otherwise a

@@ -56,9 +56,15 @@ public enum Kernels {
         guard m > 0 && n > 0 else { return true }
         // C = beta * C
         if beta == 0 {
-            for i in 0..<m { (c + i * ldc).update(repeating: 0, count: n) }
+            for i in 0..<m {
+                if i & 63 == 0 && shouldAbort() { return false }
+                (c + i * ldc).update(repeating: 0, count: n)
+            }
         } else if beta != 1 {
-            for i in 0..<m { scale(c + i * ldc, count: n, by: beta) }
+            for i in 0..<m {
+                if i & 63 == 0 && shouldAbort() { return false }
+                scale(c + i * ldc, count: n, by: beta)
+            }
         }
         guard k > 0 && alpha != 0 else { return true }
 

@@ -1,10 +1,16 @@
+import Glibc
 import Machine
 import SoftGPU
 import Synchronization
 
 /// The vGPU's GTT window: what the guest wrote (guest-physical addresses) and the shadow entries the GPU
 /// uses (bus addresses). Entries outside the vGPU's slices are dropped and read as 0; entries naming
-/// anything but guest RAM shadow to the scratch page. Called on vCPU threads; state behind a Mutex.
+/// anything but guest RAM are rejected: their shadow points at this vGPU's own scratch page (never shared
+/// with another vGPU), and the command scanner cannot read through them (`readDwords`).
+///
+/// Threads and ownership: written from vCPU threads (the GTT window), read by the scanning thread; the
+/// guest-written entries are behind one Mutex, never held while calling out (shadow entries are atomics
+/// in SoftGPU's GTT).
 final class GTTShadow: @unchecked Sendable {
     static let addressMask: UInt64 = 0x000f_ffff_ffff_f000
 
@@ -59,6 +65,49 @@ final class GTTShadow: @unchecked Sendable {
         return true
     }
 
+    /// The offset in guest RAM's memfd of the page a valid guest entry names, or nil when the entry is
+    /// rejected (bits 63:52 set, or the page is not wholly guest RAM).
+    private func accepted(_ guestValue: UInt64) -> UInt64? {
+        let gpa = guestValue & GTTShadow.addressMask
+        guard guestValue >> 52 == 0, memory.contains(gpa, length: 4096) else { return nil }
+        return memory.fileOffset(of: gpa)
+    }
+
+    /// Reads `count` dwords of the guest's view of GM at `gm` (the scanner's copies) straight from guest
+    /// RAM through the guest's own entries. nil when any page of the range is outside the slices, has an
+    /// invalid entry, or has a rejected one: such memory is unreadable, never the scratch page.
+    func readDwords(gm: UInt64, count: Int) -> [UInt32]? {
+        guard count >= 0, gm % 4 == 0 else { return nil }
+        if count == 0 { return [] }
+        let bytes = UInt64(count) * 4
+        guard slices.contains(gm, length: bytes) else { return nil }
+        let first = Int(gm >> 12), last = Int((gm + bytes - 1) >> 12)
+        let offsets: [UInt64]? = guestEntries.withLock { e in
+            var out: [UInt64] = []
+            out.reserveCapacity(last - first + 1)
+            for p in first...last {
+                guard let v = e[p], v & GTTEntry.valid != 0, let off = accepted(v) else { return nil }
+                out.append(off)
+            }
+            return out
+        }
+        guard let offsets else { return nil }
+        let base = memory.hostBase
+        return [UInt32](unsafeUninitializedCapacity: count) { buf, n in
+            let dst = UnsafeMutableRawPointer(buf.baseAddress!)
+            var done: UInt64 = 0
+            var at = gm
+            for off in offsets {
+                let inPage = at & 0xfff
+                let chunk = min(4096 - inPage, bytes - done)
+                memcpy(dst + Int(done), base + Int(off + inPage), Int(chunk))
+                done += chunk
+                at += chunk
+            }
+            n = count
+        }
+    }
+
     /// Translates one guest entry and installs the shadow entry (and the aperture mapping).
     private func apply(page: Int, guestValue: UInt64) {
         guard guestValue & GTTEntry.valid != 0 else {
@@ -66,9 +115,8 @@ final class GTTShadow: @unchecked Sendable {
             notify(page, nil)
             return
         }
-        let gpa = guestValue & GTTShadow.addressMask
         let flags = guestValue & 0xf   // valid, read-only, cache hint
-        if guestValue >> 52 == 0, memory.contains(gpa, length: 4096), let off = memory.fileOffset(of: gpa) {
+        if let off = accepted(guestValue) {
             _ = gtt.setEntry(page, (busBase + off) | flags)
             notify(page, off)
         } else {

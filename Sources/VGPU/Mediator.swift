@@ -58,10 +58,10 @@ extension VGPU {
     func doorbell(_ e: EngineID, tail: UInt32) {
         let i = e.rawValue
         scanLocks[i].withLock {
-            let job = state.withLock { s -> (start: UInt32, ctl: UInt32, head: UInt32, regs: [UInt32: UInt32])? in
+            let job = state.withLock { s -> (start: UInt32, ctl: UInt32, head: UInt32, regs: [UInt32: UInt32], generation: UInt64)? in
                 let es = s.engines[i]
                 guard es.error == 0, es.ctl & Reg.ringCtlEnable != 0, tail != es.scannedTail else { return nil }
-                return (es.start, es.ctl, es.scannedTail, s.regs)
+                return (es.start, es.ctl, es.scannedTail, s.regs, es.generation)
             }
             guard let job else { return }
             activity.withLock { if $0.first == nil { $0.first = ContinuousClock.now } }
@@ -72,23 +72,27 @@ extension VGPU {
             limits.maxTotalBatchBytes = Int(engineArena(e).bytes - VGPU.shadowRingBytes) - limits.maxBatches * 4096
             let scanner = CommandScanner(slices: slices, limits: limits, commandLoadAllowed: RegisterPolicy.commandLoadAllowed,
                                          registerRead: { regs[$0] ?? 0 })
-            let gpu = host.gpu
+            // The copies are read through the guest's own GTT entries: a page whose entry is invalid or was
+            // rejected (not guest RAM) is unreadable, so such a ring or batch is refused (reason 12), never
+            // run from a scratch page.
+            let shadow = gtt
             let result = scanner.scan(engine: e, ringStart: UInt64(job.start), ringBytes: ringBytes, head: job.head, tail: tail) { gm, count in
                 guard count >= 0, count <= (16 << 20) / 4 else { return nil }
-                var out = [UInt32](repeating: 0, count: count)
-                do { try out.withUnsafeMutableBytes { try gpu.gtt.read(into: $0, at: gm) } } catch { return nil }
-                return out
+                return shadow.readDwords(gm: gm, count: count)
             }
             switch result {
             case .failure(let rejection):
-                reject(e, rejection)
+                reject(e, rejection, generation: job.generation)
             case .success(let submission):
-                state.withLock { s in
+                // A RESET while scanning: the scan is of a ring that no longer exists; drop it.
+                let queued = state.withLock { s -> Bool in
+                    guard s.engines[i].generation == job.generation else { return false }
                     s.engines[i].queue.append(Queued(submission: submission, start: job.start, ringBytes: ringBytes,
                                                      head: job.head, tail: tail))
                     s.engines[i].scannedTail = tail
+                    return true
                 }
-                work[i].signal()
+                if queued { work[i].signal() }
             }
         }
     }
@@ -115,9 +119,10 @@ extension VGPU {
     func processPending(_ e: EngineID) {
         let i = e.rawValue
         let batchArea = engineArena(e).bytes - VGPU.shadowRingBytes
-        while true {
-            let group = state.withLock { s -> [Queued] in
-                guard !s.engines[i].queue.isEmpty, !s.engines[i].executing else { return [] }
+        while isRunning {
+            let (group, generation) = state.withLock { s -> ([Queued], UInt64) in
+                let generation = s.engines[i].generation
+                guard !s.engines[i].queue.isEmpty, !s.engines[i].executing else { return ([], generation) }
                 s.engines[i].executing = true
                 var g: [Queued] = []
                 var ring: UInt64 = 0, batches: UInt64 = 0
@@ -129,20 +134,20 @@ extension VGPU {
                     ring += f.ring
                     batches += f.batches
                 }
-                return g
+                return (g, generation)
             }
             guard !group.isEmpty else { return }
-            execute(e, group)
+            execute(e, group, generation: generation)
             activity.withLock { $0.last = ContinuousClock.now }
         }
     }
 
-    /// Records a rejected submission in the error block and the engine's virtual state, and tells the guest.
-    func reject(_ e: EngineID, _ r: ScanRejection) {
-        rejections.add(1, ordering: .relaxed)
-        log.log(.warning, "rejected \(e) submission", "vgpu\(id): rejected \(e) submission: \(r)")
-        state.withLock { s in
+    /// Records a rejected submission in the error block and the engine's virtual state, and tells the guest
+    /// (nothing, when a RESET came after the scan began: `generation` is then stale).
+    func reject(_ e: EngineID, _ r: ScanRejection, generation: UInt64) {
+        let newly = state.withLock { s -> UInt32? in
             let i = e.rawValue
+            guard s.engines[i].generation == generation else { return nil }
             s.engines[i].error = VGPURegs.rejectedErrorBase + r.reason.rawValue
             s.engines[i].errorIP = r.commandGM
             s.engines[i].faultAddress = r.operand
@@ -155,13 +160,19 @@ extension VGPU {
             s.errLevel = UInt32(r.level)
             s.errOperand = r.operand
             s.errCount &+= 1
+            return VGPU.latch(VGPURegs.rejected(e) | Interrupt.error(e), in: &s)
         }
-        raise(VGPURegs.rejected(e) | Interrupt.error(e))
+        guard let newly else { return }
+        rejections.add(1, ordering: .relaxed)
+        log.log(.warning, "rejected \(e) submission", "vgpu\(id): rejected \(e) submission: \(r)")
+        if newly != 0 { signalInterrupt() }
     }
 
     /// Places the shadow buffers of `group` in the arena (ring fragments back to back in the physical
-    /// ring, batches after it), runs them in one pass on the shared engine, and completes them.
-    func execute(_ e: EngineID, _ group: [Queued]) {
+    /// ring, batches after it), runs them in one pass on the shared engine, and completes them. A RESET or
+    /// shutdown (a new `generation`) before the pass starts cancels it, during it aborts it (RESET resets
+    /// the physical engine), and either way the pass leaves no trace in the virtual state.
+    func execute(_ e: EngineID, _ group: [Queued], generation: UInt64) {
         let (arenaGM, arenaPtr, arenaBytes) = engineArena(e)
         var buffers = group.map { $0.submission.buffers }
         var placement = buffers.map { [UInt64](repeating: 0, count: $0.count) }
@@ -178,7 +189,9 @@ extension VGPU {
             state.withLock { $0.engines[e.rawValue].executing = false }
             let q = group[0]
             reject(e, ScanRejection(reason: .tooManyBatches, engine: e, commandGM: UInt64(q.start) + UInt64(q.head), level: 0,
-                                    header: 0, operand: next, bufferGM: UInt64(q.start)))
+                                    header: 0, operand: next, detail: "shadow copies need \(next) bytes, the arena holds \(arenaBytes)",
+                                    bufferGM: UInt64(q.start)),
+                   generation: generation)
             return
         }
         for s in buffers.indices {
@@ -200,7 +213,8 @@ extension VGPU {
         var outcome = EngineWaitResult.idle
         var userEvents: UInt64 = 0
         var executed: UInt64 = 0
-        host.engineLocks[e.rawValue].withLock {
+        let pass = passes[e.rawValue]
+        let started = host.engineLocks[e.rawValue].withLock { () -> Bool in
             let t0 = ContinuousClock.now
             defer {
                 let d = ContinuousClock.now - t0
@@ -208,12 +222,22 @@ extension VGPU {
             }
             let userBefore = gpu.interrupts.eventCount(Interrupt.user(e))
             let countBefore = engine.commandsExecuted
-            engine.configureRing(start: UInt32(arenaGM), pages: Int(VGPU.shadowRingBytes / 4096))
-            gpu.submit(e, tail: UInt32(ringPos))
+            // Start the pass and say so in one step, unless a RESET or shutdown came first: an abort then
+            // either finds the pass on the engine or finds the generation changed.
+            let started = pass.withLock { onEngine -> Bool in
+                guard isRunning, state.withLock({ $0.engines[e.rawValue].generation }) == generation else { return false }
+                engine.configureRing(start: UInt32(arenaGM), pages: Int(VGPU.shadowRingBytes / 4096))
+                gpu.submit(e, tail: UInt32(ringPos))
+                onEngine = true
+                return true
+            }
+            guard started else { return false }
             outcome = engine.waitIdle(timeout: 60)
+            pass.withLock { $0 = false }
             if case .idle = outcome {} else { engine.reset() }
             userEvents = gpu.interrupts.eventCount(Interrupt.user(e)) &- userBefore
             executed = engine.commandsExecuted &- countBefore
+            return true
         }
 
         // Which submission a shadow GM address belongs to, and where the guest wrote that command.
@@ -231,22 +255,26 @@ extension VGPU {
         }
 
         var bits: UInt32 = 0
-        var failed: EngineError? = nil
-        state.withLock { s in
+        var failed: (error: EngineError, command: UInt64, address: UInt64)? = nil
+        let newly = state.withLock { s -> UInt32 in
             let i = e.rawValue
             s.engines[i].executing = false
+            // Cancelled or aborted by a RESET or shutdown: the engine's state is already as after reset.
+            guard started, s.engines[i].generation == generation else { return 0 }
             s.engines[i].commandCount &+= UInt32(truncatingIfNeeded: executed)
             var completed = group.count
             switch outcome {
             case .idle:
                 bits |= Interrupt.idle(e)
             case .error(let err):
-                failed = err
                 let where_ = locate(err.commandAddress)
                 completed = where_?.submission ?? 0
                 s.engines[i].error = err.code.rawValue
-                s.engines[i].faultAddress = err.faultAddress
+                // Operand addresses are the guest's own GM addresses; an address inside the shadows (a
+                // command fetch) is reported where the guest wrote it.
+                s.engines[i].faultAddress = locate(err.faultAddress)?.guest ?? err.faultAddress
                 s.engines[i].errorIP = where_?.guest ?? err.commandAddress
+                failed = (err, s.engines[i].errorIP, s.engines[i].faultAddress)
                 s.engines[i].queue.removeAll()   // the engine stops: nothing after the failure runs
                 bits |= Interrupt.error(e)
             case .timedOut:
@@ -270,9 +298,14 @@ extension VGPU {
                     }
                 }
             }
+            return VGPU.latch(bits, in: &s)   // with the state it reports (see `latch`)
         }
-        if let err = failed { log.log(.warning, "\(e) engine error", "vgpu\(id): \(e) engine error: \(err)") }
-        if bits != 0 { raise(bits) }
+        if let f = failed {
+            let command = String(f.command, radix: 16), address = String(f.address, radix: 16)
+            log.log(.warning, "\(e) engine error",
+                    "vgpu\(id): \(e) engine error: \(f.error.code) at command 0x\(command), address 0x\(address): \(f.error.detail)")
+        }
+        if newly != 0 { signalInterrupt() }
     }
 
     /// One virtual vblank: counts it and completes the armed flips (several armed between two vblanks

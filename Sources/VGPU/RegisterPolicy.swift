@@ -80,6 +80,16 @@ public enum VGPURegs {
     public static let errCount: UInt32 = 0x79024
     public static let errOffset: UInt32 = 0x79028
 
+    /// Statistics block (read-only, low 32 bits of each counter; writes are ignored), docs/vgpu.md section 7.
+    public static let statBlock: Range<UInt32> = 0x7a000..<0x7b000
+    public static let statBadAccess: UInt32 = 0x7a000          // VGPU_STAT_BAD_ACCESS
+    public static let statPrivilegedWrites: UInt32 = 0x7a004   // VGPU_STAT_PRIVILEGED_WRITES
+    public static let statRefusedAddress: UInt32 = 0x7a008     // VGPU_STAT_REFUSED_ADDRESS
+    public static let statGTTRejected: UInt32 = 0x7a00c        // VGPU_STAT_GTT_REJECTED
+    public static let statGTTDropped: UInt32 = 0x7a010         // VGPU_STAT_GTT_DROPPED
+    public static let statSubmissions: UInt32 = 0x7a014        // VGPU_STAT_SUBMISSIONS
+    public static let statRejections: UInt32 = 0x7a018         // VGPU_STAT_REJECTIONS
+
     /// Interrupt bits the vGPU adds to the SoftGPU set: a submission was rejected.
     public static let rcsRejected: UInt32 = 1 << 3
     public static let bcsRejected: UInt32 = 1 << 11

@@ -20,6 +20,14 @@ import Synchronization
 ///   holding that engine's lock in `GPUHost`, so scanning the next submission overlaps running this one;
 /// - the mediator and executor threads run under the device seccomp filter (`SeccompFilter.device`,
 ///   unless the machine's `seccomp` is `.off`); the SoftGPU's own engine threads are not filtered;
+/// - `passes[e]` says whether this vGPU's pass is on the physical engine `e` right now. The executor sets
+///   it, together with starting the pass, and clears it when the pass has ended; RESET and `shutdown()`
+///   reset the physical engine only while holding it set, so an abort can only ever hit this vGPU's own
+///   work, never another vGPU's pass on the shared engine. It is the one lock held while calling out (into
+///   the SoftGPU engine: starting a pass, or `Engine.reset()`, which returns at the engine's next command
+///   boundary); under it only the state and lifecycle locks are taken, briefly, never the other way round;
+/// - each engine's `generation` (in `state`) counts its RESETs: a scan or pass that began before a RESET
+///   sees a different generation when it ends and leaves no trace (no queue entry, HEAD, error or interrupt);
 /// - interrupts are injected with KVM_SIGNAL_MSI from whichever thread raised them, after the state lock
 ///   is dropped.
 public final class VGPU: PCIFunction, BusDevice, @unchecked Sendable {
@@ -44,6 +52,9 @@ public final class VGPU: PCIFunction, BusDevice, @unchecked Sendable {
     let apertureSize: UInt64
     let arena: HostBuffer
     let busBase: UInt64
+    /// This vGPU's own scratch page (host memory at this bus address): rejected GTT entries point here, so
+    /// no page is shared between vGPUs.
+    let scratchBus: UInt64
 
     // Aperture window: host memory behind the vGPU's slice of BAR2, registered as one KVM slot.
     let apertureWindow: UnsafeMutableRawPointer
@@ -65,6 +76,8 @@ public final class VGPU: PCIFunction, BusDevice, @unchecked Sendable {
         var error: UInt32 = 0, faultAddress: UInt64 = 0, errorIP: UInt64 = 0
         var commandCount: UInt32 = 0, acthd: UInt32 = 0
         var gprs = [UInt32](repeating: 0, count: Int(Reg.gprDwords))
+        /// RESETs (and shutdown) so far: work begun under an older generation is discarded.
+        var generation: UInt64 = 0
         var busy: Bool { executing || !queue.isEmpty }
     }
 
@@ -86,7 +99,15 @@ public final class VGPU: PCIFunction, BusDevice, @unchecked Sendable {
     /// One scan at a time per engine (a trapped TAIL write on a vCPU thread and a PV doorbell on the
     /// mediator thread may race).
     let scanLocks = [GPUHost.EngineLock(), GPUHost.EngineLock()]
+    /// Per engine: true while this vGPU's pass is on the physical engine (see "Threads and ownership").
+    let passes = [PassFlag(), PassFlag()]
     private let lifecycle = Mutex<Bool>(true)   // running
+
+    /// Whether this vGPU's pass is on a physical engine; a class so that it can live in an array.
+    final class PassFlag: Sendable {
+        private let mutex = Mutex<Bool>(false)
+        func withLock<R>(_ body: (inout Bool) -> R) -> R { mutex.withLock { body(&$0) } }
+    }
 
     // Statistics.
     let badAccesses = Atomic<UInt64>(0)
@@ -133,18 +154,21 @@ public final class VGPU: PCIFunction, BusDevice, @unchecked Sendable {
         self.slices = slices
         apertureSize = host.gpu.config.apertureSize
         vblankInterval = .nanoseconds(Int64(1e9 / max(refreshRate, 1)))
+        var scratch: UInt64? = nil
         do {
             let (arenaGM, arenaBytes) = host.shadowArena(id: id)
+            scratch = try host.gpu.systemMemory.allocate(bytes: 4096, name: "vgpu\(id)-scratch").base
             arena = try host.gpu.mapHostMemory(gm: arenaGM, bytes: arenaBytes, name: "vgpu\(id)-shadow")
             busBase = host.busWindow(bytes: machine.memory.size)
             try host.gpu.systemMemory.register(base: busBase, length: machine.memory.size, pointer: machine.memory.hostBase,
                                                name: "vm-ram-vgpu\(id)")
         } catch {
+            if let b = scratch { host.gpu.systemMemory.free(busAddress: b) }
             host.release(id: id)
             throw error
         }
-        gtt = GTTShadow(slices: slices, gtt: host.gpu.gtt, memory: memory, busBase: busBase,
-                        scratchBus: SystemMemory.scratchPageAddress)
+        scratchBus = scratch!
+        gtt = GTTShadow(slices: slices, gtt: host.gpu.gtt, memory: memory, busBase: busBase, scratchBus: scratchBus)
 
         let sliceBytes = Int(slices.aperture.count)
         guard let w = mmap(nil, sliceBytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0),
@@ -190,11 +214,13 @@ public final class VGPU: PCIFunction, BusDevice, @unchecked Sendable {
         munmap(apertureWindow, Int(slices.aperture.count))
     }
 
-    /// Stops the mediator thread, detaches the vGPU's memory from the GPU and frees its slices.
-    /// Call after the VM has stopped.
+    /// Stops the mediator and executor threads, aborting this vGPU's GPU work at the engines' next command
+    /// boundary (queued submissions are dropped), detaches the vGPU's memory from the GPU and frees its
+    /// slices. Call after the VM has stopped; returns within milliseconds even with long jobs queued.
     public func shutdown() {
         let wasRunning = lifecycle.withLock { r -> Bool in defer { r = false }; return r }
         guard wasRunning else { return }
+        for e in EngineID.allCases { abortEngineWork(e) }
         control.signal()
         for w in work { w.signal() }
         for t in threads { pthread_join(t, nil) }
@@ -203,9 +229,26 @@ public final class VGPU: PCIFunction, BusDevice, @unchecked Sendable {
         }
         gtt.clearAll()
         _ = host.gpu.systemMemory.unregister(base: busBase)
+        host.gpu.systemMemory.free(busAddress: scratchBus)
         arena.release()
         host.release(id: id)
         log.flush()
+    }
+
+    /// RESET of engine `e` (and shutdown): a new generation with the engine's virtual state as after reset
+    /// (ring registers, error, GPRs, counters 0; accepted submissions not yet run dropped), then, if this
+    /// vGPU's pass is on the physical engine, a reset of that engine, which aborts the pass at its next
+    /// command boundary (between row blocks inside SGEMM, SAXPY and blits). Returns when the pass has
+    /// stopped. IIR keeps its latched bits; the error block (ERR_*) is left as it is.
+    func abortEngineWork(_ e: EngineID) {
+        let i = e.rawValue
+        state.withLock { s in
+            let generation = s.engines[i].generation &+ 1
+            s.engines[i] = EngineState()
+            s.engines[i].generation = generation
+        }
+        let engine = host.gpu.engine(e)
+        passes[i].withLock { onEngine in if onEngine { engine.reset() } }
     }
 
     // MARK: PCI
@@ -333,6 +376,7 @@ public final class VGPU: PCIFunction, BusDevice, @unchecked Sendable {
         case VGPURegs.pvSharedPage: return state.withLock { lo($0.sharedPage) }
         case VGPURegs.pvSharedPage + 4: return state.withLock { hi($0.sharedPage) }
         case VGPURegs.errStatus...VGPURegs.errOffset: return readErrorBlock(r)
+        case VGPURegs.statBlock: return readStatistic(r)
         default: break
         }
         let policy = RegisterPolicy.of(r)
@@ -393,6 +437,8 @@ public final class VGPU: PCIFunction, BusDevice, @unchecked Sendable {
         case VGPURegs.errStatus:
             if value & 1 != 0 { state.withLock { $0.errStatus = 0 } }
             return
+        case VGPURegs.statBlock:
+            return   // read-only counters
         default: break
         }
         let policy = RegisterPolicy.of(r)
@@ -419,6 +465,7 @@ public final class VGPU: PCIFunction, BusDevice, @unchecked Sendable {
         var deliver: UInt32 = 0
         var kick = false
         var doorbellTail: (EngineID, UInt32)? = nil
+        var resetEngine: EngineID? = nil
         state.withLock { s in
             for e in EngineID.allCases {
                 let base = Reg.engineBase(e)
@@ -433,11 +480,7 @@ public final class VGPU: PCIFunction, BusDevice, @unchecked Sendable {
                 case Reg.ringStartOffset: s.engines[i].start = masked
                 case Reg.ringCtlOffset: s.engines[i].ctl = masked
                 case Reg.resetOffset:
-                    if masked & 1 != 0 && !s.engines[i].executing {
-                        let gprs = s.engines[i].gprs.map { _ in UInt32(0) }
-                        s.engines[i] = EngineState()
-                        s.engines[i].gprs = gprs
-                    }
+                    if masked & 1 != 0 { resetEngine = e }   // done below, without the state lock
                 case Reg.gprOffset..<(Reg.gprOffset + 4 * Reg.gprDwords):
                     s.engines[i].gprs[Int((r - base - Reg.gprOffset) / 4)] = masked
                 default: break
@@ -449,7 +492,7 @@ public final class VGPU: PCIFunction, BusDevice, @unchecked Sendable {
             case Reg.priSurf: s.regs[r] = masked; s.armedFlips |= Interrupt.flipDone
             case Reg.curBase: s.regs[r] = masked; s.armedFlips |= Interrupt.cursorFlipDone
             case Reg.imr: s.imr = masked
-            case Reg.iir: s.iir &= ~masked
+            case Reg.iir: s.iir &= ~masked; s.isr &= ~masked   // pulse latches clear with IIR (softgpu.md 4.3)
             case Reg.ier:
                 let before = s.iir & s.ier
                 s.ier = masked
@@ -460,6 +503,8 @@ public final class VGPU: PCIFunction, BusDevice, @unchecked Sendable {
         // A trapped TAIL write is copied and scanned here, on the vCPU thread, before the guest runs on:
         // whatever the guest changes after this doorbell cannot affect the submission.
         if let (e, tail) = doorbellTail { doorbell(e, tail: tail) }
+        // RESET returns to the guest only once the engine has stopped this vGPU's work.
+        if let e = resetEngine { abortEngineWork(e) }
         if kick { control.signal() }
         if deliver != 0 { signalInterrupt() }
         if r == Reg.iir || r == Reg.ier { updateINTx() }
@@ -484,17 +529,41 @@ public final class VGPU: PCIFunction, BusDevice, @unchecked Sendable {
         }
     }
 
+    /// The statistics block: the low 32 bits of each counter, 0 for unassigned offsets.
+    func readStatistic(_ r: UInt32) -> UInt32 {
+        let s = statistics
+        let v: UInt64
+        switch r {
+        case VGPURegs.statBadAccess: v = s.badAccesses
+        case VGPURegs.statPrivilegedWrites: v = s.privilegedWrites
+        case VGPURegs.statRefusedAddress: v = s.refusedAddressWrites
+        case VGPURegs.statGTTRejected: v = s.gttRejected
+        case VGPURegs.statGTTDropped: v = s.gttDroppedOutside
+        case VGPURegs.statSubmissions: v = s.submissions
+        case VGPURegs.statRejections: v = s.rejections
+        default: v = 0
+        }
+        return lo(v)
+    }
+
     // MARK: interrupts
 
     /// Latches `bits` into the virtual ISR/IIR (honouring IMR) and injects an MSI for newly pending ones.
     func raise(_ bits: UInt32) {
-        let newly = state.withLock { s -> UInt32 in
-            let before = s.iir & s.ier
-            s.isr |= bits
-            s.iir |= bits & ~s.imr
-            return (s.iir & s.ier) & ~before
-        }
+        let newly = state.withLock { VGPU.latch(bits, in: &$0) }
         if newly != 0 { signalInterrupt() }
+    }
+
+    /// Latches `bits` into ISR/IIR under the state lock; returns the bits that newly became pending
+    /// (IIR & IER), for which the caller signals the interrupt after dropping the lock. Latching in the same
+    /// critical section as the state change it reports means a driver that sees the change (STATUS, HEAD,
+    /// the error block) also sees the interrupt bit.
+    static func latch(_ bits: UInt32, in s: inout State) -> UInt32 {
+        let before = s.iir & s.ier
+        // ISR latches pulses; the engines' error bits are levels, read from the engine state.
+        s.isr |= bits & ~(Interrupt.rcsError | Interrupt.bcsError)
+        s.iir |= bits & ~s.imr
+        return (s.iir & s.ier) & ~before
     }
 
     /// Tells the guest: an MSI when MSI is enabled, else INTA# (level: asserted while IIR & IER != 0,

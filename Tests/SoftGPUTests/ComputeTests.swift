@@ -154,3 +154,68 @@ private func close(_ a: Float, _ b: Float, tol: Float) -> Bool { abs(a - b) <= t
         #expect(rig.floats(c, 2) == [2, 2])
     }
 }
+
+/// Long commands stop between row blocks when the engine's abort flag is raised (reset, stop): the kernels
+/// poll an abort hook, and what ran before the poll that aborted stays done.
+@Suite struct AbortBetweenRowBlocksTests {
+    @Test func saxpyStopsAfterTheBlockBeforeTheAbort() throws {
+        let rig = try Rig()
+        let n = 3 * Compute.saxpyBlock + 100
+        let x = D, y = D + 0x100000
+        rig.setFloats(x, [Float](repeating: 1, count: n))
+        rig.setFloats(y, [Float](repeating: 0, count: n))
+        var b = CommandBuilder()
+        b.saxpy(n: UInt32(n), a: 2, x: x, y: y)
+        var acc = rig.gpu.gtt.accessor()
+        var polls = 0
+        let done = try Compute.saxpy(b.dwords, &acc) { polls += 1; return polls == 2 }
+        #expect(!done)
+        let out = rig.floats(y, n)
+        #expect(out[0..<Compute.saxpyBlock].allSatisfy { $0 == 2 })
+        #expect(out[Compute.saxpyBlock...].allSatisfy { $0 == 0 })
+        // Without an abort every block runs, and the hook is polled once per block.
+        polls = 0
+        #expect(try Compute.saxpy(b.dwords, &acc) { polls += 1; return false })
+        #expect(polls == 4)
+        #expect(rig.floats(y, n).allSatisfy { $0 == 2 || $0 == 4 })
+        #expect(rig.floats(y, n).last == 2)
+    }
+
+    @Test func sgemmStopsBetweenRowBlocks() {
+        let m = 64, n = 16, k = 8
+        let a = [Float](repeating: 1, count: m * k), b = [Float](repeating: 1, count: k * n)
+        var c = [Float](repeating: 0, count: m * n)
+        var polls = 0
+        let done = a.withUnsafeBufferPointer { ap in
+            b.withUnsafeBufferPointer { bp in
+                c.withUnsafeMutableBufferPointer { cp in
+                    Kernels.sgemm(m: m, n: n, k: k, alpha: 1, a: ap.baseAddress!, lda: k, b: bp.baseAddress!, ldb: n,
+                                  beta: 1, c: cp.baseAddress!, ldc: n) { polls += 1; return polls == 2 }
+                }
+            }
+        }
+        #expect(!done)
+        #expect(c[0..<(16 * n)].allSatisfy { $0 == Float(k) })   // the first 16-row block ran
+        #expect(c[(16 * n)...].allSatisfy { $0 == 0 })           // nothing after the abort
+    }
+
+    @Test func blitsStopBetweenRows() throws {
+        let rig = try Rig()
+        let src = BlitSurface(gm: D + 0x200000, pitch: 256, width: 64, height: 200)
+        var b = CommandBuilder()
+        b.colorBlt(dst: src, x1: 0, y1: 0, x2: 64, y2: 200, color: 0x1234_5678)
+        var acc = rig.gpu.gtt.accessor()
+        var polls = 0
+        #expect(try !Blitter.colorBlt(b.dwords, &acc) { polls += 1; return polls == 2 })
+        #expect(rig.u32(src.gm + 63 * 256) == 0x1234_5678)    // rows 0..<64 filled
+        #expect(rig.u32(src.gm + 64 * 256) == 0)              // the rest not
+        // Destination below the source: rows are copied top-down.
+        var copy = CommandBuilder()
+        copy.srcCopyBlt(dst: BlitSurface(gm: D, pitch: 256, width: 64, height: 200), x1: 0, y1: 0, x2: 64, y2: 200,
+                        src: src, srcX: 0, srcY: 0)
+        polls = 0
+        #expect(try !Blitter.srcCopyBlt(copy.dwords, &acc) { polls += 1; return polls == 2 })
+        #expect(rig.u32(D + 63 * 256) == 0x1234_5678)
+        #expect(rig.u32(D + 64 * 256) == 0)
+    }
+}

@@ -118,11 +118,11 @@ struct MediatorTests {
         #expect(rig.gttRead(gm: gm) == 0x30_0000 | 1)
         let shadow = rig.host.gpu.gtt.entry(Int(gm >> 12))
         #expect(shadow & 1 == 1 && shadow & GTTShadow.addressMask == rig.vgpu.busBase + 0x30_0000)
-        // Pointing at the MMIO hole or past RAM: scratch page, counted.
+        // Pointing at the MMIO hole or past RAM: the vGPU's own scratch page, counted.
         rig.gttWrite(gm: gm + 0x1000, 0xd000_0000 | 1)
         rig.gttWrite(gm: gm + 0x2000, (1 << 40) | 1)
-        #expect(rig.host.gpu.gtt.entry(Int((gm + 0x1000) >> 12)) == SystemMemory.scratchPageAddress | 1)
-        #expect(rig.host.gpu.gtt.entry(Int((gm + 0x2000) >> 12)) == SystemMemory.scratchPageAddress | 1)
+        #expect(rig.host.gpu.gtt.entry(Int((gm + 0x1000) >> 12)) == rig.vgpu.scratchBus | 1)
+        #expect(rig.host.gpu.gtt.entry(Int((gm + 0x2000) >> 12)) == rig.vgpu.scratchBus | 1)
         #expect(rig.vgpu.statistics.gttRejected == 2)
         // Outside the slices: dropped, reads 0, shadow untouched.
         let foreign = s.aperture.upperBound + 0x1000

@@ -324,7 +324,7 @@ public final class Machine: MachineControl, @unchecked Sendable {
         let results = vcpus.map { $0.post(.pause) }.map { $0.wait() }
         if previous == .running { for device in state.withLock({ $0.pausable }) { device.pause() } }
         events.signal()
-        for (i, r) in results.enumerated() { if case .failure(let e) = r { throw LifecycleError.vcpu(i, "\(e)") } }
+        try Self.check(results, operation: "pause", vm: self)
     }
 
     /// Continues every vCPU exactly where it stopped. Resuming a running VM does nothing.
@@ -342,14 +342,31 @@ public final class Machine: MachineControl, @unchecked Sendable {
         for device in state.withLock({ $0.pausable }) { device.resume() }
         let results = vcpus.map { $0.post(.resume) }.map { $0.wait() }
         events.signal()
-        for (i, r) in results.enumerated() { if case .failure(let e) = r { throw LifecycleError.vcpu(i, "\(e)") } }
+        try Self.check(results, operation: "resume", vm: self)
+    }
+
+    /// The vCPUs' answers to a pause or resume: a vCPU that ended meanwhile (the guest stopped the VM
+    /// while it was being paused) is the VM's state, `.stopped`, not a vCPU failure.
+    private static func check(_ results: [Result<VCPUResponse, LifecycleError>], operation: String, vm: Machine) throws {
+        for (i, r) in results.enumerated() {
+            switch r {
+            case .success: continue
+            case .failure(.vcpuStopped): throw LifecycleError.wrongState(operation: operation, state: .stopped)
+            case .failure(let e): throw LifecycleError.vcpu(i, "\(e)")
+            }
+        }
     }
 
     /// Sends `command` to vCPU `index` and waits for its answer. The VM must be paused for commands that
     /// read or write state (the vCPU answers them between instructions only when it is stopped).
     func command(_ index: Int, _ command: VCPUCommand) throws -> VCPUResponse {
         guard vcpus.indices.contains(index) else { throw LifecycleError.noSuchVCPU(index, count: vcpus.count) }
-        return try vcpus[index].post(command).wait().get()
+        switch vcpus[index].post(command).wait() {
+        case .success(let r): return r
+        // The guest ended the VM while this was asked: that is the VM's state, not a vCPU failure.
+        case .failure(.vcpuStopped): throw LifecycleError.wrongState(operation: "send a command to", state: .stopped)
+        case .failure(let e): throw e
+        }
     }
 
     private func requirePaused(_ op: String) throws {
