@@ -42,7 +42,9 @@ for t in $targets; do
     if ! "$bin/$t" "$dir/$t" "$seeds" -max_total_time="$seconds" -max_len="$max_len" -timeout=120 \
             -rss_limit_mb=4096 -print_final_stats=1 -artifact_prefix="$dir/crash-$t-" ${FUZZ_FLAGS:-} >"$log" 2>&1; then
         tail -n 40 "$log"
-        echo "$t: crash or failure, input saved as $dir/crash-$t-* (log: $log)" >&2
+        crash=$(ls -t "$dir"/crash-"$t"-* 2>/dev/null | head -n 1)
+        [ -n "$crash" ] && { echo "input $crash (first 256 bytes):"; od -An -tx1 "$crash" | head -n 16; }
+        echo "$t: crash or failure, input saved as ${crash:-$dir/crash-$t-*} (log: $log)" >&2
         exit 1
     fi
     done_line=$(grep -E '^#[0-9]+[[:space:]]+DONE' "$log" | tail -n 1)

@@ -18,7 +18,7 @@ import VGPU
 //   rest       dwords: the aperture slice from its start (the ring sits there), then from `split` on the
 //              hidden slice from its start
 //
-// Oracle: a submission the scanner accepts is placed as the mediator places it (ring fragment first in a
+// Oracles: the scanner reads guest memory once per ring piece and batch copy; a submission it accepts is placed as the mediator places it (ring fragment first in a
 // host-owned arena, batches after it, BATCH_BUFFER_START operands relocated to the shadow copies) and run
 // on a SoftGPU engine whose GTT maps both slices to writable memory. The engine must finish without an
 // error and execute exactly the commands the scanner counted (each DISPLAY_FLIP being 4 NOOPs in the
@@ -86,7 +86,7 @@ struct ScannerCase {
 }
 
 /// The software GPU and the host memory behind the slices and the shadow arena, made once per process.
-final class Rig: @unchecked Sendable {
+final class Rig: @unchecked Sendable {   // used by the fuzzing thread only
     let gpu: SoftGPU
     let aperture: HostBuffer
     let hidden: HostBuffer
@@ -103,8 +103,12 @@ final class Rig: @unchecked Sendable {
         }
     }
 
+    /// Calls of `read` during the current scan.
+    var reads = 0
+
     /// Guest GM as the scanner sees it: the two slices; anything else is unreadable.
     func read(_ gm: UInt64, _ count: Int) -> [UInt32]? {
+        reads += 1
         guard count >= 0, count <= Layout.sliceBytes / 4 else { return nil }
         let bytes = UInt64(count) * 4
         for buffer in [aperture, hidden] where gm >= buffer.gm && gm - buffer.gm <= UInt64(Layout.sliceBytes)
@@ -175,6 +179,7 @@ public func scannerFuzzTarget(_ data: UnsafePointer<UInt8>?, _ size: Int) -> Int
 
 func runScannerCase(_ c: ScannerCase) {
     rig.load(c)
+    rig.reads = 0
     let ringBytes = UInt32(c.ringPages * 4096)
     var limits = ScanLimits()
     limits.maxBatchLevel = c.maxBatchLevel
@@ -195,6 +200,12 @@ func runScannerCase(_ c: ScannerCase) {
     }
     guard case .success(let submission) = result else { return }
     guard let ring = submission.buffers.first, ring.level == 0 else { fuzzFinding("accepted submission without a ring buffer") }
+    // The scanner's contract: one read per ring piece (two when the fragment wraps), one per batch copy.
+    let head = UInt32(c.head) % ringBytes, tail = UInt32(c.tail) % ringBytes
+    let ringReads = head == tail ? 0 : (head < tail || tail == 0 ? 1 : 2)
+    guard rig.reads == ringReads + submission.buffers.count - 1 else {
+        fuzzFinding("the scanner read guest memory \(rig.reads) times for \(ringReads) ring pieces and \(submission.buffers.count - 1) batches")
+    }
     if ring.dwords.isEmpty && submission.buffers.count == 1 { return }
     let (outcome, executed) = rig.execute(submission, on: c.engine)
     switch outcome {
