@@ -1,6 +1,6 @@
 import Glibc
 
-// Shared pieces of the libFuzzer targets (see Fuzz/README.md): reading an input front to back, and writing
+// Shared pieces of the libFuzzer targets (README.md "Fuzzing", scripts/fuzz.sh): reading an input front to back, and writing
 // a target's generated seed inputs when `make fuzz` asks for them.
 
 /// Reads a fuzz input front to back. Past the end every read yields zeros, so every input is usable.
