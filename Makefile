@@ -2,9 +2,10 @@
 #   make run    - install missing packages, build, boot the built-in demo guest
 #   make test   - install missing packages, build the guests, run every test
 #   make bench  - benchmarks (ratios against a minimal C KVM loop in the same run)
+#   make fuzz   - libFuzzer targets (Fuzz/), FUZZ_SECONDS each (default 60); see scripts/fuzz.sh
 SWIFT ?= swift
 
-.PHONY: run test bench guests deps clean
+.PHONY: run test bench guests deps clean fuzz
 
 deps:
 	@./scripts/install-deps.sh
@@ -23,6 +24,9 @@ bench: guests
 	$(SWIFT) build -c release --static-swift-stdlib --product minivisor
 	$$($(SWIFT) build -c release --show-bin-path)/minivisor bench
 
+fuzz: guests
+	SWIFT=$(SWIFT) ./scripts/fuzz.sh
+
 clean:
 	$(MAKE) -s -C Guests clean
-	rm -rf .build
+	rm -rf .build .build-fuzz

@@ -78,3 +78,18 @@ let package = Package(
         .testTarget(name: "IntegrationTests", dependencies: ["Minivisor", "Machine", "MinivisorCLI", "SeccompProbe", "CLibpng"]),
     ]
 )
+
+// libFuzzer targets (Fuzz/, `make fuzz`): in the manifest only when MINIVISOR_FUZZ is set, so that `swift build`
+// and `swift test` never build them. The Makefile builds them with -sanitize=fuzzer,address in .build-fuzz.
+if Context.environment["MINIVISOR_FUZZ"] != nil {
+    let asLibrary: [SwiftSetting] = [.unsafeFlags(["-parse-as-library"])]   // libFuzzer provides main()
+    package.targets += [
+        .target(name: "FuzzSupport", path: "Fuzz/FuzzSupport"),
+        .executableTarget(name: "FuzzImageLoader", dependencies: ["FuzzSupport", "Machine"],
+                          path: "Fuzz/FuzzImageLoader", swiftSettings: asLibrary),
+        .executableTarget(name: "FuzzCommandScanner", dependencies: ["FuzzSupport", "VGPU", "SoftGPU"],
+                          path: "Fuzz/FuzzCommandScanner", swiftSettings: asLibrary),
+        .executableTarget(name: "FuzzVGPU", dependencies: ["FuzzSupport", "VGPU", "SoftGPU", "Machine", "KVM"],
+                          path: "Fuzz/FuzzVGPU", swiftSettings: asLibrary),
+    ]
+}
