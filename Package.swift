@@ -70,9 +70,12 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
         ]),
 
-        .testTarget(name: "MachineTests", dependencies: ["Machine", "KVM", .product(name: "Logging", package: "swift-log")]),
+        // Helpers shared by the test targets (a capturing log handler, a thread hammer).
+        .target(name: "TestSupport", dependencies: ["Machine", .product(name: "Logging", package: "swift-log")],
+                path: "Tests/TestSupport"),
+        .testTarget(name: "MachineTests", dependencies: ["Machine", "KVM", "TestSupport", .product(name: "Logging", package: "swift-log")]),
         .testTarget(name: "SoftGPUTests", dependencies: ["SoftGPU"]),
-        .testTarget(name: "VGPUTests", dependencies: ["VGPU", "SoftGPU", "Machine", "KVM", "CLibpng",
+        .testTarget(name: "VGPUTests", dependencies: ["VGPU", "SoftGPU", "Machine", "KVM", "CLibpng", "TestSupport",
                                                  .product(name: "Logging", package: "swift-log")]),
         .testTarget(name: "MinivisorCommandsTests", dependencies: ["MinivisorCommands", "Minivisor"]),
         .testTarget(name: "IntegrationTests", dependencies: ["Minivisor", "Machine", "MinivisorCLI", "SeccompProbe", "CLibpng"]),

@@ -1,3 +1,4 @@
+import TestSupport
 import Glibc
 import KVM
 import Logging
@@ -151,19 +152,3 @@ struct GuestLogFloodAndBARRaceTests {
     }
 }
 
-/// Runs `body(i)` on `threads` OS threads released together, and waits for all of them.
-enum Hammer {
-    final class Gate: Sendable { let arrived = Atomic<Int>(0) }
-    static func run(threads: Int, _ body: @escaping @Sendable (Int) -> Void) {
-        let gate = Gate()
-        var tids: [pthread_t] = []
-        for t in 0..<threads {
-            if let tid = OSThread.spawn(name: "hammer\(t)", {
-                gate.arrived.add(1, ordering: .sequentiallyConsistent)
-                while gate.arrived.load(ordering: .sequentiallyConsistent) < threads { sched_yield() }
-                body(t)
-            }) { tids.append(tid) }
-        }
-        for t in tids { pthread_join(t, nil) }
-    }
-}

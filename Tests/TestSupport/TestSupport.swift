@@ -1,22 +1,25 @@
+import Glibc
+import Machine
 import Logging
 import Synchronization
 
 /// A swift-log handler that keeps every line it is given, for tests that count what a guest made the VMM log.
-final class LogCapture: Sendable {
-    struct Line: Sendable { let level: Logger.Level; let text: String }
+public final class LogCapture: Sendable {
+    public struct Line: Sendable { public let level: Logger.Level; public let text: String }
+    public init() {}
     private let store = Mutex<[Line]>([])
 
     /// A logger writing into this capture at `level` and above.
-    func logger(level: Logger.Level = .trace) -> Logger {
+    public func logger(level: Logger.Level = .trace) -> Logger {
         var l = Logger(label: "test") { _ in Handler(capture: self) }
         l.logLevel = level
         return l
     }
 
-    var lines: [Line] { store.withLock { $0 } }
-    var texts: [String] { lines.map(\.text) }
+    public var lines: [Line] { store.withLock { $0 } }
+    public var texts: [String] { lines.map(\.text) }
     /// Total bytes written, one newline per line, as a stream handler would.
-    var bytes: Int { lines.reduce(0) { $0 + $1.text.utf8.count + 1 } }
+    public var bytes: Int { lines.reduce(0) { $0 + $1.text.utf8.count + 1 } }
 
     func append(_ line: Line) { store.withLock { $0.append(line) } }
 
@@ -35,11 +38,28 @@ final class LogCapture: Sendable {
 }
 
 /// The K of every "(K similar messages suppressed)" in `texts`, summed.
-func suppressedTotal(_ texts: [String]) -> Int {
+public func suppressedTotal(_ texts: [String]) -> Int {
     let tail = " similar messages suppressed)"
     return texts.reduce(0) { sum, t in
         guard t.hasSuffix(tail), let open = t.lastIndex(of: "("),
               let k = Int(t[t.index(after: open)...].dropLast(tail.count)) else { return sum }
         return sum + k
+    }
+}
+
+/// Runs `body(i)` on `threads` OS threads released together, and waits for all of them.
+public enum Hammer {
+    final class Gate: Sendable { let arrived = Atomic<Int>(0) }
+    public static func run(threads: Int, _ body: @escaping @Sendable (Int) -> Void) {
+        let gate = Gate()
+        var tids: [pthread_t] = []
+        for t in 0..<threads {
+            if let tid = OSThread.spawn(name: "hammer\(t)", {
+                gate.arrived.add(1, ordering: .sequentiallyConsistent)
+                while gate.arrived.load(ordering: .sequentiallyConsistent) < threads { sched_yield() }
+                body(t)
+            }) { tids.append(tid) }
+        }
+        for t in tids { pthread_join(t, nil) }
     }
 }
