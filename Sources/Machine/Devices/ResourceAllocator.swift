@@ -12,7 +12,7 @@ public enum ResourceError: Error, Equatable, CustomStringConvertible, Sendable {
     public var description: String {
         switch self {
         case let .exhausted(r, pool):
-            return "no \(r) left (all of \(pool) are taken): give the machine fewer devices"
+            return "no \(r) left in \(pool): give the machine fewer devices"
         case let .unavailable(r, what):
             return "\(r) \(what) is outside the machine's pool or already taken: pick a free one or let the machine choose"
         case let .badSize(r, size):
@@ -58,7 +58,7 @@ public final class ResourceAllocator: Sendable {
         self.memorySlots = memorySlots
     }
 
-    private static func pool<T>(_ r: Range<T>) -> String { "\(r.lowerBound)-\(r.upperBound)" }
+    private static func pool<T: Strideable>(_ r: Range<T>) -> String where T.Stride: SignedInteger { "\(r.lowerBound)-\(r.upperBound.advanced(by: -1))" }
     private static func hexPool(_ r: Range<UInt64>) -> String {
         "0x\(String(r.lowerBound, radix: 16))-0x\(String(r.upperBound - 1, radix: 16))"
     }
@@ -129,7 +129,7 @@ public final class ResourceAllocator: Sendable {
                             resource: String) throws(ResourceError) -> UInt64 {
         guard size > 0, size.nonzeroBitCount == 1 else { throw .badSize(resource: resource, size: size) }
         guard size <= window.upperBound - window.lowerBound else {
-            throw .exhausted(resource: resource, pool: "\(hexPool(window)) for \(size) bytes")
+            throw .exhausted(resource: "\(resource) of \(size) bytes", pool: hexPool(window))
         }
         var candidate = (window.lowerBound + size - 1) & ~(size - 1)
         for r in used {   // sorted: skip past every range the candidate overlaps
@@ -137,7 +137,7 @@ public final class ResourceAllocator: Sendable {
             if r.upperBound > candidate { candidate = (r.upperBound + size - 1) & ~(size - 1) }
         }
         guard candidate >= window.lowerBound, candidate <= window.upperBound, size <= window.upperBound - candidate else {
-            throw .exhausted(resource: resource, pool: "\(hexPool(window)) for \(size) bytes")
+            throw .exhausted(resource: "\(resource) of \(size) bytes", pool: hexPool(window))
         }
         let range = candidate..<(candidate + size)
         used.insert(range, at: used.firstIndex { $0.lowerBound > candidate } ?? used.count)
