@@ -71,7 +71,7 @@ public final class VirtualMachine: Sendable {
         self.screenshotLog = screenshotLog
         screenshotPath = options?.screenshotPath
         if let o = options {
-            let v = try VGPU(machine: machine, host: o.host ?? GPUHost.shared, refreshRate: o.refreshRate, logger: logger)
+            let v = try VGPU(context: machine, host: o.host ?? GPUHost.shared, refreshRate: o.refreshRate, logger: logger)
             vgpu = v
             let path = o.screenshotPath
             try machine.pioBus.register(ScreenshotPort { [weak v] in

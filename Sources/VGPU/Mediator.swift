@@ -120,24 +120,30 @@ extension VGPU {
         let i = e.rawValue
         let batchArea = engineArena(e).bytes - VGPU.shadowRingBytes
         while isRunning {
-            let (group, generation) = state.withLock { s -> ([Queued], UInt64) in
-                let generation = s.engines[i].generation
-                guard !s.engines[i].queue.isEmpty, !s.engines[i].executing else { return ([], generation) }
-                s.engines[i].executing = true
-                var g: [Queued] = []
-                var ring: UInt64 = 0, batches: UInt64 = 0
-                while let q = s.engines[i].queue.first {
-                    let f = VGPU.footprint(q)
-                    if !g.isEmpty && (ring + f.ring >= VGPU.shadowRingBytes || batches + f.batches > batchArea) { break }
-                    g.append(q)
-                    s.engines[i].queue.removeFirst()
-                    ring += f.ring
-                    batches += f.batches
+            // Under the run lock: `pause()` waits for it, so no pass starts once it has returned.
+            let ran = runLocks[i].withLock { () -> Bool in
+                guard !isPaused else { return false }
+                let (group, generation) = state.withLock { s -> ([Queued], UInt64) in
+                    let generation = s.engines[i].generation
+                    guard !s.engines[i].queue.isEmpty, !s.engines[i].executing else { return ([], generation) }
+                    s.engines[i].executing = true
+                    var g: [Queued] = []
+                    var ring: UInt64 = 0, batches: UInt64 = 0
+                    while let q = s.engines[i].queue.first {
+                        let f = VGPU.footprint(q)
+                        if !g.isEmpty && (ring + f.ring >= VGPU.shadowRingBytes || batches + f.batches > batchArea) { break }
+                        g.append(q)
+                        s.engines[i].queue.removeFirst()
+                        ring += f.ring
+                        batches += f.batches
+                    }
+                    return (g, generation)
                 }
-                return (g, generation)
+                guard !group.isEmpty else { return false }
+                execute(e, group, generation: generation)
+                return true
             }
-            guard !group.isEmpty else { return }
-            execute(e, group, generation: generation)
+            guard ran else { return }
             activity.withLock { $0.last = ContinuousClock.now }
         }
     }

@@ -5,13 +5,18 @@ import Machine
 import SoftGPU
 import Synchronization
 
-/// A mediated pass-through vGPU attached to one machine (docs/vgpu.md).
+/// A mediated pass-through vGPU attached to one machine through its `DeviceContext` (docs/vgpu.md). It
+/// declares its BARs (BAR0: registers, GTT window and the PV doorbells as ioeventfds; BAR2: the aperture,
+/// its slice backed by a memory slot); the PCI bus places, maps and moves them.
 ///
 /// Threads and ownership:
 /// - vCPU threads call the BAR0 handlers (`read`/`write`) and `configWritten`; all virtual state is in
-///   `state` (a Mutex) and is never held across a call into the GPU, KVM or another lock;
-/// - `configWritten` (BAR placement) runs under the PCI bus's configuration lock for this function, so
-///   placements never overlap each other or a configuration read; callers outside the bus serialise too;
+///   `state` (a Mutex) and is never held across a call into the GPU, the context or another lock;
+/// - `configWritten` runs under the PCI bus's configuration lock for this function (the bus then places
+///   the BARs, under the same lock);
+/// - pausing the VM (`PausableDevice`) stops the executors from starting another pass; `pause()` returns
+///   once the pass on each engine (if any) has ended; each executor holds its `runLocks[e]` across a pass,
+///   and `pause()` takes it only to wait for that (no other lock is held with it);
 /// - every log line a guest can cause goes through `log` (rate-limited per kind, `RateLimitedLog`);
 /// - a doorbell is scanned and shadowed on the thread that rang it: the vCPU thread for a trapped TAIL
 ///   write, the mediator thread for a PV doorbell (an ioeventfd it polls); the mediator thread also ticks
@@ -28,23 +33,23 @@ import Synchronization
 ///   boundary); under it only the state and lifecycle locks are taken, briefly, never the other way round;
 /// - each engine's `generation` (in `state`) counts its RESETs: a scan or pass that began before a RESET
 ///   sees a different generation when it ends and leaves no trace (no queue entry, HEAD, error or interrupt);
-/// - interrupts are injected with KVM_SIGNAL_MSI from whichever thread raised them, after the state lock
-///   is dropped.
-public final class VGPU: PCIFunction, BusDevice, @unchecked Sendable {
+/// - interrupts are injected (the context's MSI or IRQ line) from whichever thread raised them, after the
+///   state lock is dropped.
+public final class VGPU: PCIFunction, BusDevice, PausableDevice, @unchecked Sendable {
     public static let vendorID: UInt16 = 0x4d56
     public static let deviceID: UInt16 = 0x0001
-    public static let defaultBAR0: UInt64 = 0xE000_0000
-    public static let defaultBAR2: UInt64 = 0xC000_0000
 
     public let id: Int
     public let slices: GMSlices
     public let host: GPUHost
     public let config: PCIConfigSpace
-    /// Guest RAM and the KVM VM: strong (neither refers back to the vGPU).
+    /// Guest RAM: strong (it does not refer back to the vGPU).
     let memory: GuestMemory
-    let kvm: KVMVirtualMachine
-    /// The machine is reached weakly: its buses hold the vGPU, so a strong reference would be a cycle.
-    weak let machine: Machine?
+    /// The machine (or a test's fake) is reached weakly: its PCI bus holds the vGPU, so a strong
+    /// reference would be a cycle.
+    weak let context: (any DeviceContext)?
+    /// The PCI device number the bus gave the vGPU (set once, in `init`).
+    public private(set) var pciDevice: Int = -1
     let gtt: GTTShadow
     let logger: Logger
     /// Lines the guest can cause (placement failures, refusals, rejections): rate-limited per kind.
@@ -92,8 +97,6 @@ public final class VGPU: PCIFunction, BusDevice, @unchecked Sendable {
         var vblanks: UInt32 = 0, flips: UInt32 = 0, cursorFlips: UInt32 = 0
         /// Flips armed by PRI_SURF / CUR_BASE writes or DISPLAY_FLIPs; they complete at the next vblank.
         var armedFlips: UInt32 = 0
-        var bar0: UInt64? = nil                // where BAR0 is registered on the MMIO bus
-        var bar2: UInt64? = nil                // where the aperture slot is mapped
     }
     let state = Mutex(State())
     /// One scan at a time per engine (a trapped TAIL write on a vCPU thread and a PV doorbell on the
@@ -102,6 +105,10 @@ public final class VGPU: PCIFunction, BusDevice, @unchecked Sendable {
     /// Per engine: true while this vGPU's pass is on the physical engine (see "Threads and ownership").
     let passes = [PassFlag(), PassFlag()]
     private let lifecycle = Mutex<Bool>(true)   // running
+    /// True while the VM is paused: the executors start no pass.
+    private let pausedFlag = Mutex<Bool>(false)
+    /// Per engine: held by the executor across a pass, so that `pause()` can wait for it to end.
+    let runLocks = [GPUHost.EngineLock(), GPUHost.EngineLock()]
 
     /// Whether this vGPU's pass is on a physical engine; a class so that it can live in an array.
     final class PassFlag: Sendable {
@@ -130,7 +137,7 @@ public final class VGPU: PCIFunction, BusDevice, @unchecked Sendable {
 
     // Doorbells and the mediator thread.
     /// The IOAPIC input INTA# is routed to (nil: no route left), and whether it is currently asserted.
-    var intxGSI: UInt32? = nil
+    private(set) var intxGSI: UInt32? = nil
     let intxLevel = Mutex<Bool>(false)
     let control: EventFD
     let doorbells: [EventFD]
@@ -139,13 +146,14 @@ public final class VGPU: PCIFunction, BusDevice, @unchecked Sendable {
     private var threads: [pthread_t] = []
     let vblankInterval: Duration
 
-    /// Creates the vGPU, places it at 00:`slot`.0 on the machine's PCI bus with BAR0 at `bar0` and BAR2 at
-    /// `bar2`, and starts its mediator thread.
-    public init(machine: Machine, host: GPUHost, slot: Int? = nil, bar0: UInt64 = VGPU.defaultBAR0,
-                bar2: UInt64 = VGPU.defaultBAR2, refreshRate: Double = 60, logger: Logger = Logger(label: "minivisor.vgpu")) throws {
-        self.machine = machine
-        memory = machine.memory
-        kvm = machine.vm
+    /// Creates the vGPU, adds it to the context's PCI bus (at 00:`slot`.0, or the lowest free device
+    /// number; the bus gives BAR0 and BAR2 addresses in the PCI MMIO window and routes INTA#), registers it
+    /// as a pausable device and starts its mediator and executor threads.
+    public init(context: any DeviceContext, host: GPUHost, slot: Int? = nil, refreshRate: Double = 60,
+                logger: Logger = Logger(label: "minivisor.vgpu")) throws {
+        self.context = context
+        let memory = context.memory
+        self.memory = memory
         self.host = host
         self.logger = logger
         let (id, slices) = try host.allocate()
@@ -159,8 +167,8 @@ public final class VGPU: PCIFunction, BusDevice, @unchecked Sendable {
             let (arenaGM, arenaBytes) = host.shadowArena(id: id)
             scratch = try host.gpu.systemMemory.allocate(bytes: 4096, name: "vgpu\(id)-scratch").base
             arena = try host.gpu.mapHostMemory(gm: arenaGM, bytes: arenaBytes, name: "vgpu\(id)-shadow")
-            busBase = host.busWindow(bytes: machine.memory.size)
-            try host.gpu.systemMemory.register(base: busBase, length: machine.memory.size, pointer: machine.memory.hostBase,
+            busBase = host.busWindow(bytes: memory.size)
+            try host.gpu.systemMemory.register(base: busBase, length: memory.size, pointer: memory.hostBase,
                                                name: "vm-ram-vgpu\(id)")
         } catch {
             if let b = scratch { host.gpu.systemMemory.free(busAddress: b) }
@@ -171,13 +179,25 @@ public final class VGPU: PCIFunction, BusDevice, @unchecked Sendable {
         gtt = GTTShadow(slices: slices, gtt: host.gpu.gtt, memory: memory, busBase: busBase, scratchBus: scratchBus)
 
         let sliceBytes = Int(slices.aperture.count)
+        /// Undoes what this initialiser took from the GPU host when a later step fails.
+        let busBase = self.busBase, scratchBus = self.scratchBus, arena = self.arena
+        func releaseHostResources() {
+            _ = host.gpu.systemMemory.unregister(base: busBase)
+            host.gpu.systemMemory.free(busAddress: scratchBus)
+            arena.release()
+            host.release(id: id)
+        }
         guard let w = mmap(nil, sliceBytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0),
               w != MAP_FAILED else {
-            host.release(id: id)
+            releaseHostResources()
             throw KVMError("mmap(aperture window)")
         }
         apertureWindow = w
-        apertureSlot = machine.allocateMemorySlot()
+        do { apertureSlot = try context.allocateMemorySlot() } catch {
+            munmap(w, sliceBytes)
+            releaseHostResources()
+            throw error
+        }
 
         control = try EventFD()
         doorbells = [try EventFD(), try EventFD()]
@@ -188,8 +208,6 @@ public final class VGPU: PCIFunction, BusDevice, @unchecked Sendable {
         config.addBar(PCIBar(index: 0, size: VGPURegs.bar0Size, kind: .memory32))
         config.addBar(PCIBar(index: 2, size: apertureSize, kind: .memory64, prefetchable: true))
         config.addMSICapability()
-        config.setBarAddress(0, bar0)
-        config.setBarAddress(2, bar2)
 
         let window = UInt(bitPattern: apertureWindow)
         let sliceBase = slices.aperture.lowerBound
@@ -203,10 +221,16 @@ public final class VGPU: PCIFunction, BusDevice, @unchecked Sendable {
             }
         }
 
-        let device = slot ?? machine.pciBus.freeDeviceNumber() ?? 31
-        try machine.pciBus.add(self, device: device)
-        intxGSI = machine.routePCIInterrupt(device: device, pin: 1)
-        if let g = intxGSI { config.write(offset: 0x3c, size: 1, value: g) }
+        do {
+            let placement = try context.addPCIFunction(self, device: slot)
+            pciDevice = placement.device
+            intxGSI = placement.gsi
+        } catch {
+            context.resources.releaseMemorySlot(apertureSlot)
+            releaseHostResources()
+            throw error   // deinit unmaps the aperture window
+        }
+        context.addPausableDevice(self)
         startMediator()
     }
 
@@ -254,69 +278,43 @@ public final class VGPU: PCIFunction, BusDevice, @unchecked Sendable {
     // MARK: PCI
 
     public func configWritten(offset: Int, size: Int) {
-        // Command register or a BAR changed: re-place BAR0 and the aperture where the guest put them.
-        if offset < 0x28 && offset + size > 0x04 { applyBARs() }
         // INTx disable or MSI enable may have changed which line is live.
         updateINTx()
     }
 
-    /// Registers BAR0 on the MMIO bus and the aperture slot at the addresses the config space holds, when
-    /// memory decoding is on; removes them when it is off. Callers serialise (the PCI bus's configuration
-    /// lock). BAR0 moves in one step on the bus, so an access sees it at the old or the new place; when it
-    /// cannot be placed (another device, a doorbell address taken), nothing of it stays anywhere and the
-    /// next configuration write tries again.
-    func applyBARs() {
-        guard let machine else { return }
-        let decode = config.command & PCIConfigSpace.commandMemory != 0
-        let want0 = decode ? config.barAddress(0) : nil
-        let want2 = decode ? config.barAddress(2) : nil
-        let (old0, old2) = state.withLock { ($0.bar0, $0.bar2) }
-        if old0 != want0 {
-            if let o = old0 { removeDoorbells(at: o) }
-            var placed: UInt64? = nil
-            if let n = want0 {
-                do {
-                    try machine.mmioBus.move(self, from: old0, to: n, size: VGPURegs.bar0Size, name: "vgpu\(id)-bar0")
-                    for e in EngineID.allCases {
-                        try kvm.registerIOEventFD(doorbells[e.rawValue].fd, address: n + UInt64(VGPURegs.pvDoorbell(e)), length: 4)
-                    }
-                    placed = n
-                } catch {
-                    // Roll back whatever part succeeded, so a later move starts from nothing placed.
-                    log.log(.warning, "BAR0 placement failure", "vgpu\(id): cannot place BAR0 at 0x\(String(n, radix: 16)): \(error)")
-                    machine.mmioBus.unregister(self, base: n)
-                    removeDoorbells(at: n)
+    /// BAR0: the registers and GTT window (trapped), with the two PV doorbells as ioeventfds; BAR2: the
+    /// aperture, of which this vGPU's slice is host memory (`apertureWindow`) in its own memory slot.
+    public func barRegions(_ index: Int) -> [PCIBarRegion] {
+        switch index {
+        case 0:
+            return [PCIBarRegion(size: VGPURegs.bar0Size, name: "vgpu\(id)-bar0", backing: .trap(self))]
+                + EngineID.allCases.map { e in
+                    PCIBarRegion(offset: UInt64(VGPURegs.pvDoorbell(e)), size: 4, name: "vgpu\(id)-doorbell-\(e)",
+                                 backing: .ioEventFD(doorbells[e.rawValue].fd))
                 }
-            }
-            if let o = old0, o != placed { machine.mmioBus.unregister(self, base: o) }
-            state.withLock { $0.bar0 = placed }
-        }
-        if old2 != want2 {
-            let sliceOffset = slices.aperture.lowerBound
-            if old2 != nil {
-                try? kvm.setUserMemoryRegion(slot: apertureSlot, guestPhysicalAddress: 0, size: 0, userAddress: nil)
-            }
-            var mapped: UInt64? = nil
-            if let n = want2 {
-                do {
-                    try kvm.setUserMemoryRegion(slot: apertureSlot, guestPhysicalAddress: n + sliceOffset,
-                                                size: UInt64(slices.aperture.count), userAddress: apertureWindow)
-                    mapped = n
-                } catch {
-                    log.log(.warning, "aperture mapping failure", "vgpu\(id): cannot map the aperture at 0x\(String(n, radix: 16)): \(error)")
-                }
-            }
-            state.withLock { $0.bar2 = mapped }
+        case 2:
+            return [PCIBarRegion(offset: slices.aperture.lowerBound, size: UInt64(slices.aperture.count), name: "vgpu\(id)-aperture",
+                                 backing: .memory(slot: apertureSlot, host: apertureWindow))]
+        default:
+            return []
         }
     }
 
-    /// Removes the doorbell ioeventfds at BAR0 base `base` (those not present are skipped).
-    private func removeDoorbells(at base: UInt64) {
-        for e in EngineID.allCases {
-            try? kvm.registerIOEventFD(doorbells[e.rawValue].fd, address: base + UInt64(VGPURegs.pvDoorbell(e)),
-                                       length: 4, deassign: true)
-        }
+    // MARK: pausing
+
+    /// The VM pauses: no further pass starts; returns once the pass on each engine (if any) has ended.
+    public func pause() {
+        pausedFlag.withLock { $0 = true }
+        for l in runLocks { l.withLock {} }
     }
+
+    /// The VM resumes: the executors run what was queued meanwhile.
+    public func resume() {
+        pausedFlag.withLock { $0 = false }
+        for w in work { w.signal() }
+    }
+
+    var isPaused: Bool { pausedFlag.withLock { $0 } }
 
     // MARK: BAR0
 
@@ -570,7 +568,7 @@ public final class VGPU: PCIFunction, BusDevice, @unchecked Sendable {
     /// unless the command register's INTx-disable bit is set).
     func signalInterrupt() {
         if let msi = config.msiMessage {
-            _ = try? kvm.signalMSI(address: msi.address, data: msi.data)
+            try? context?.signalMSI(address: msi.address, data: msi.data)
         } else {
             updateINTx()
         }
@@ -582,7 +580,7 @@ public final class VGPU: PCIFunction, BusDevice, @unchecked Sendable {
         let pending = state.withLock { $0.iir & $0.ier != 0 }
         let level = pending && config.msiMessage == nil && config.command & PCIConfigSpace.commandINTxDisable == 0
         let changed = intxLevel.withLock { l -> Bool in defer { l = level }; return l != level }
-        if changed { try? kvm.setIRQLine(gsi, level: level) }
+        if changed { try? context?.setIRQLine(gsi, level: level) }
     }
 
     // MARK: statistics
@@ -605,12 +603,12 @@ public final class VGPU: PCIFunction, BusDevice, @unchecked Sendable {
     private func startMediator() {
         // The threads hold the vGPU until shutdown() stops them.
         if let t = OSThread.spawn(name: "vgpu\(id)-mediator", { [self] in
-            machine?.enterSeccomp(.device, thread: "vgpu\(id)-mediator")
+            context?.enterDeviceSandbox(thread: "vgpu\(id)-mediator")
             mediatorLoop()
         }) { threads.append(t) }
         for e in EngineID.allCases {
             if let t = OSThread.spawn(name: "vgpu\(id)-\(e)", { [self] in
-                machine?.enterSeccomp(.device, thread: "vgpu\(id)-\(e)")
+                context?.enterDeviceSandbox(thread: "vgpu\(id)-\(e)")
                 executorLoop(e)
             }) { threads.append(t) }
         }

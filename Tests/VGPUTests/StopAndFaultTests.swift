@@ -8,16 +8,16 @@ import Testing
 extension Rig {
     /// Writes `dwords` into guest RAM at `gpa` (a ring or batch page the guest owns).
     func put(_ dwords: [UInt32], at gpa: UInt64) throws {
-        for (i, d) in dwords.enumerated() { try machine.memory.write(d, at: gpa + UInt64(i * 4)) }
+        for (i, d) in dwords.enumerated() { try context.memory.write(d, at: gpa + UInt64(i * 4)) }
     }
 
     /// Fills `count` floats of guest RAM at `gpa` with `value`.
     func fillFloats(_ gpa: UInt64, count: Int, _ value: Float) throws {
-        let p = try machine.memory.pointer(gpa, length: UInt64(count * 4)).assumingMemoryBound(to: Float.self)
+        let p = try context.memory.pointer(gpa, length: UInt64(count * 4)).assumingMemoryBound(to: Float.self)
         p.update(repeating: value, count: count)
     }
 
-    func float(_ gpa: UInt64) throws -> Float { Float(bitPattern: try machine.memory.read(UInt32.self, at: gpa)) }
+    func float(_ gpa: UInt64) throws -> Float { Float(bitPattern: try context.memory.read(UInt32.self, at: gpa)) }
 
     /// Polls `condition` every 100 µs for up to `seconds`; false on time-out.
     func waitFor(seconds: Double = 20, _ condition: () throws -> Bool) rethrows -> Bool {
@@ -36,8 +36,7 @@ func milliseconds(_ d: Duration) -> Double {
 
 /// RESET of a busy engine, rejected GTT entries behind rings, batches and operands, execution-time faults,
 /// and the statistics block (docs/vgpu.md sections 3, 4, 7, 8).
-@Suite("vGPU RESET, rejected GTT entries and faults (needs /dev/kvm)", .serialized,
-       .enabled(if: KVMSystem.isAvailable, "needs read-write /dev/kvm"))
+@Suite("vGPU RESET, rejected GTT entries and faults (fake device context)", .serialized)
 struct StopAndFaultTests {
     @Test func resetOfABusyEngineAbortsInsideSGEMMAndTheRecoveryRunsOnlyWhatComesNext() throws {
         let rig = try Rig()
@@ -92,8 +91,8 @@ struct StopAndFaultTests {
         // Nothing of the aborted job resumes later.
         usleep(300_000)
         #expect(try rig.float(lastC) == 0)
-        #expect(try rig.machine.memory.read(UInt32.self, at: fenceGPA) == 0)
-        #expect(try rig.machine.memory.read(UInt32.self, at: fenceGPA + 4) == 0)
+        #expect(try rig.context.memory.read(UInt32.self, at: fenceGPA) == 0)
+        #expect(try rig.context.memory.read(UInt32.self, at: fenceGPA + 4) == 0)
 
         // The recovery recipe of docs/vgpu.md (section 8, step 8): program the ring again and submit.
         let submissionsBefore = rig.vgpu.statistics.submissions
@@ -105,12 +104,12 @@ struct StopAndFaultTests {
         var next = CommandBuilder()
         next.storeDataImm(gm: fenceGM + 8, 3)
         try rig.submit(.rcs, ringGPA: ring, at: 0, next.dwords)
-        #expect(try rig.machine.memory.read(UInt32.self, at: fenceGPA + 8) == 3)
+        #expect(try rig.context.memory.read(UInt32.self, at: fenceGPA + 8) == 3)
         #expect(rig.r32(Reg.ringHead(.rcs)) == 16)
         #expect(rig.r32(Reg.commandCount(.rcs)) == 1, "commands other than the one submitted ran")
         #expect(rig.vgpu.statistics.submissions == submissionsBefore + 1)
-        #expect(try rig.machine.memory.read(UInt32.self, at: fenceGPA) == 0)
-        #expect(try rig.machine.memory.read(UInt32.self, at: fenceGPA + 4) == 0)
+        #expect(try rig.context.memory.read(UInt32.self, at: fenceGPA) == 0)
+        #expect(try rig.context.memory.read(UInt32.self, at: fenceGPA + 4) == 0)
         #expect(try rig.float(lastC) == 0)
         #expect(rig.r32(Reg.status(.rcs)) & Reg.statusError == 0)
     }
@@ -141,7 +140,7 @@ struct StopAndFaultTests {
         rig.w32(Reg.reset(.rcs), 1)
         #expect(rig.r32(Reg.status(.rcs)) & Reg.statusIdle != 0)
         usleep(300_000)
-        #expect(try rig.machine.memory.read(UInt32.self, at: fenceGPA) == 0, "a submission queued before RESET ran after it")
+        #expect(try rig.context.memory.read(UInt32.self, at: fenceGPA) == 0, "a submission queued before RESET ran after it")
         #expect(rig.host.gpu.engine(.rcs).isIdle)
     }
 
@@ -246,7 +245,7 @@ struct StopAndFaultTests {
                         src: BlitSurface(gm: bPage, pitch: 4096, width: 1024, height: 1), srcX: 0, srcY: 0)
         try b.submit(.bcs, ringGPA: bRing, at: 0, copy.dwords)
         #expect(b.r32(Reg.status(.bcs)) & Reg.statusError == 0, "B's copy failed: \(b.r32(Reg.errorCode(.bcs)))")
-        let seen = try b.machine.memory.readBytes(at: dstGPA, count: 4096)
+        let seen = try b.context.memory.readBytes(at: dstGPA, count: 4096)
         #expect(!seen.contains(0xa5), "vGPU B read vGPU A's writes through a rejected GTT entry")
         #expect(seen.allSatisfy { $0 == 0 }, "B's own scratch page should read as zeros")
         // The shadow entries of the two rejected pages name different pages, neither the GPU-wide scratch page.

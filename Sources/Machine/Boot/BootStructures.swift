@@ -33,7 +33,7 @@ enum BootStructures {
     }
 
     /// The most bytes the MP table can take for `cpuCount` CPUs: room for every PCI interrupt route
-    /// `Machine.routePCIInterrupt` may add later (eight, GSIs 16-23).
+    /// the PCI bus may route (eight, `ResourceAllocator.defaultGSIs` 16-23).
     static func mpTableMaximumSize(cpuCount: Int) -> UInt64 {
         UInt64(mpTable(cpuCount: cpuCount, pciInterrupts: (0..<8).map { (device: $0, pin: 1, ioapicPin: 16 + $0) }).count)
     }

@@ -38,14 +38,6 @@ public enum LifecycleError: Error, Equatable, CustomStringConvertible, Sendable 
     }
 }
 
-/// Devices that do work of their own between vCPU exits (e.g. a GPU executing submitted commands) adopt
-/// this so that pausing the VM also stops them from starting new work. Called on the thread that pauses
-/// or resumes, after (pause) or before (resume) the vCPUs stop or start.
-public protocol PausableDevice: AnyObject, Sendable {
-    func pause()
-    func resume()
-}
-
 /// A virtual machine: KVM VM, guest RAM, buses with the legacy devices and PCI, and one OS thread per
 /// vCPU. Build it (`init(configuration:)`: memory, irqchip, vCPUs, devices; higher layers add the
 /// vGPU), `boot(_:)` an image through a `BootProtocol`, then `run()` (= `start()` + `wait()`) until the
@@ -65,9 +57,12 @@ public protocol PausableDevice: AnyObject, Sendable {
 ///   a vCPU thread (they wait for the vCPUs' answers); `requestStop` from any thread, devices included;
 /// - the serial stdin reader (with `serialInputFromStdin`) runs under the device seccomp filter;
 /// - devices are shared by all vCPU threads and guard their own state (see `BusDevice`);
-/// - the machine's own state (run state, boot plan, stop reason, PCI routes, pausable devices, debug
-///   handler) is one `State` behind one Mutex, never held while calling out.
-public final class Machine: MachineControl, @unchecked Sendable {
+/// - devices get the machine as their `DeviceContext` (bus registration through the PCI bus, which maps
+///   BARs; memory slots, ioeventfds, irqfds, IRQ lines, MSIs, guest memory) from any thread; resources
+///   come from `resources`, whose own lock is never held while calling out;
+/// - the machine's own state (run state, boot plan, stop reason, pausable devices, debug handler) is
+///   one `State` behind one Mutex, never held while calling out.
+public final class Machine: MachineControl, DeviceContext, @unchecked Sendable {
     public let configuration: MachineConfiguration
     public let kvm: KVMSystem
     public let vm: KVMVirtualMachine
@@ -75,6 +70,8 @@ public final class Machine: MachineControl, @unchecked Sendable {
     public let pioBus: Bus
     public let mmioBus: Bus
     public let pciBus: PCIBus
+    /// PCI device numbers, GSIs, PCI MMIO and port windows, KVM memory slots.
+    public let resources: ResourceAllocator
     public let serial: Serial16550
     public let logger: Logger
     /// Lines the guest can cause from vCPU exits (int3 recoveries, unhandled exits), rate-limited per kind.
@@ -93,8 +90,6 @@ public final class Machine: MachineControl, @unchecked Sendable {
         var bootPlan: BootPlan?
         var hasPIT = false
         var stopReason: ExitReason?
-        var pciRoutes: [(device: Int, pin: Int, ioapicPin: Int)] = []
-        var nextSlot: UInt32 = 0
         var pausable: [any PausableDevice] = []
         var debugHandler: (@Sendable (DebugStop) -> Void)?
         var stdinReader: StdinReader?
@@ -115,12 +110,12 @@ public final class Machine: MachineControl, @unchecked Sendable {
         try vm.setTSSAddress(MemoryLayout.tssAddress)
         try vm.createIRQChip()
         memory = try GuestMemory(bytes: configuration.memoryBytes)
-        let slot = try memory.register(with: vm)
-        state.withLock { $0.nextSlot = slot }
+        resources = ResourceAllocator()
+        for slot in 0..<(try memory.register(with: vm)) { _ = try resources.allocateMemorySlot(slot) }
 
         pioBus = Bus(name: "port", logger: logger)
         mmioBus = Bus(name: "mmio", logger: logger)
-        pciBus = PCIBus()
+        pciBus = PCIBus(resources: resources, logger: logger)
         let vm = self.vm
         serial = try Serial16550(output: configuration.serialOutput) { level in try? vm.setIRQLine(4, level: level) }
 
@@ -140,6 +135,7 @@ public final class Machine: MachineControl, @unchecked Sendable {
         try pioBus.register(I8042(control: self), base: I8042.base, size: 5, name: "i8042")
         try pioBus.register(PowerOff(control: self), base: PowerOff.port, size: 2, name: "power-off")
         try pioBus.register(pciBus, base: PCIBus.configAddressPort, size: PCIBus.portRangeSize, name: "pci-conf1")
+        pciBus.attach(self)
     }
 
     /// Builds the machine and boots `image` (`init(configuration:)` then `boot(_:)`). Throws what
@@ -150,8 +146,9 @@ public final class Machine: MachineControl, @unchecked Sendable {
     }
 
     /// Loads `image` through the boot protocol that recognises it (`ImageLoader.protocols`), creates the
-    /// PIT the protocol's guests expect (`MachineConfiguration.pit`), writes the MP table with the PCI
-    /// routes devices asked for, and sets the boot processor's entry state. Once, before `start()`.
+    /// PIT the protocol's guests expect (`MachineConfiguration.pit`) and sets the boot processor's entry
+    /// state. Once, before `start()`; devices may still be added after it (the firmware tables are
+    /// written by `start()`).
     public func boot(_ image: BootImage) throws {
         let current = state.withLock { ($0.runState, $0.bootPlan != nil) }
         guard current.0 == .created else { throw LifecycleError.wrongState(operation: "boot", state: current.0) }
@@ -161,12 +158,10 @@ public final class Machine: MachineControl, @unchecked Sendable {
         let pit = configuration.pit == .on || (configuration.pit == .auto && plan.kind == .multiboot)
         if pit { try vm.createPIT2() }
         try CPUSetup.setEntry(vcpus[0].vcpu, entry: plan.entry)
-        let routes = state.withLock { s in
+        state.withLock { s in
             s.bootPlan = plan
             s.hasPIT = pit
-            return s.pciRoutes
         }
-        if !routes.isEmpty { writeMPTable(plan: plan, routes: routes) }
     }
 
     /// How the booted image is entered; nil before `boot(_:)`.
@@ -184,31 +179,35 @@ public final class Machine: MachineControl, @unchecked Sendable {
     /// Number of vCPUs.
     public var vcpuCount: Int { vcpus.count }
 
-    /// PCI INTx routes described to the guest in the MP table: (device, pin 1-4, IOAPIC pin).
-    /// Routes INTx pin `pin` (1 = INTA#) of PCI device `device` to an IOAPIC input (GSI 16-23, level,
-    /// active low); the MP table the guest finds says so (written at boot, or rewritten when booted
-    /// already). Call before `start()`. Returns the GSI, or nil when all eight PCI GSIs are taken.
-    public func routePCIInterrupt(device: Int, pin: Int) -> UInt32? {
-        let result = state.withLock { s -> (routes: [(device: Int, pin: Int, ioapicPin: Int)], plan: BootPlan?)? in
-            let used = Set(s.pciRoutes.map(\.ioapicPin))
-            guard let gsi = (16..<24).first(where: { !used.contains($0) }) else { return nil }
-            s.pciRoutes.append((device, pin, gsi))
-            return (s.pciRoutes, s.bootPlan)
-        }
-        guard let result else { return nil }
-        if let plan = result.plan { writeMPTable(plan: plan, routes: result.routes) }
-        return UInt32(result.routes.last!.ioapicPin)
+    /// Writes the firmware tables from the finished device inventory: the MP table (CPUs, IOAPIC, ISA
+    /// and PCI interrupt routes, from `pciBus.interruptRoutes`) at the place the boot plan reserved.
+    /// `start()` calls it just before the vCPUs first run; devices added later are not described.
+    func writeFirmwareTables(plan: BootPlan) throws {
+        let routes = pciBus.interruptRoutes.map { (device: $0.device, pin: $0.pin, ioapicPin: Int($0.gsi)) }
+        try memory.write(bytes: BootStructures.mpTable(cpuCount: configuration.cpuCount, pciInterrupts: routes, at: plan.mpTableAddress),
+                         at: plan.mpTableAddress)
     }
 
-    private func writeMPTable(plan: BootPlan, routes: [(device: Int, pin: Int, ioapicPin: Int)]) {
-        try? memory.write(bytes: BootStructures.mpTable(cpuCount: configuration.cpuCount, pciInterrupts: routes, at: plan.mpTableAddress),
-                          at: plan.mpTableAddress)
+    // MARK: DeviceContext
+
+    public func setMemoryRegion(slot: UInt32, guestPhysicalAddress: UInt64, size: UInt64, userAddress: UnsafeMutableRawPointer?) throws {
+        try vm.setUserMemoryRegion(slot: slot, guestPhysicalAddress: guestPhysicalAddress, size: size, userAddress: userAddress)
     }
 
-    /// A fresh KVM memory slot number for devices that map memory into the guest.
-    public func allocateMemorySlot() -> UInt32 {
-        state.withLock { s in defer { s.nextSlot += 1 }; return s.nextSlot }
+    public func registerIOEventFD(_ fd: Int32, address: UInt64, length: UInt32, isPIO: Bool, deassign: Bool) throws {
+        try vm.registerIOEventFD(fd, address: address, length: length, isPIO: isPIO, deassign: deassign)
     }
+
+    public func registerIRQFD(_ fd: Int32, gsi: UInt32, deassign: Bool) throws {
+        try vm.registerIRQFD(fd, gsi: gsi, deassign: deassign)
+    }
+
+    public func setIRQLine(_ gsi: UInt32, level: Bool) throws { try vm.setIRQLine(gsi, level: level) }
+
+    public func signalMSI(address: UInt64, data: UInt32) throws { try vm.signalMSI(address: address, data: data) }
+
+    @discardableResult
+    public func enterDeviceSandbox(thread: String) -> Bool { enterSeccomp(.device, thread: thread) }
 
     /// Registers a device that `pause()` and `resume()` also stop and restart.
     public func addPausableDevice(_ device: any PausableDevice) {
@@ -237,13 +236,18 @@ public final class Machine: MachineControl, @unchecked Sendable {
         // Outputs are opened here at the latest (VirtualMachine opens them earlier, checked against its
         // inputs), never lazily on a vCPU thread, whose seccomp filter does not allow creating files.
         try serial.openOutput()
-        let previous = state.withLock { s -> (RunState, Bool) in
-            let r = (s.runState, s.bootPlan != nil)
-            if r == (.created, true) { s.runState = paused ? .paused : .running }
+        let previous = state.withLock { s -> (RunState, BootPlan?) in
+            let r = (s.runState, s.bootPlan)
+            if r.0 == .created && r.1 != nil { s.runState = paused ? .paused : .running }
             return r
         }
         guard previous.0 == .created else { throw LifecycleError.wrongState(operation: "start", state: previous.0) }
-        guard previous.1 else { throw LifecycleError.notBooted }
+        guard let plan = previous.1 else { throw LifecycleError.notBooted }
+        // The device inventory is final now: describe it to the guest before it first runs.
+        do { try writeFirmwareTables(plan: plan) } catch {
+            requestStop(.hostError("cannot write the MP table: \(error)"))
+            return
+        }
         guard ckvm_install_kick_handler(ckvm_kick_signal()) == 0 else {
             requestStop(.hostError("cannot install the vCPU kick signal handler"))
             return
@@ -296,6 +300,7 @@ public final class Machine: MachineControl, @unchecked Sendable {
         vcpuLog.flush()
         pioBus.flushSuppressedLog()
         mmioBus.flushSuppressedLog()
+        pciBus.flushSuppressedLog()
         let reason = stopReason ?? .hostError("stopped without a reason")
         let handler = state.withLock { $0.debugHandler }
         handler?(.ended(reason))
