@@ -1,3 +1,4 @@
+import TestSupport
 import CLibpng
 import Glibc
 import KVM
