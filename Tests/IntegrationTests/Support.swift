@@ -132,17 +132,20 @@ extension Support {
 
 extension Support {
     /// A file's contents as text ("" when it cannot be read).
-    static func readFile(_ path: String) -> String {
+    static func readFile(_ path: String) -> String { String(decoding: readBytes(path), as: UTF8.self) }
+
+    /// A file's bytes ([] when it cannot be read).
+    static func readBytes(_ path: String) -> [UInt8] {
         let fd = open(path, O_RDONLY)
-        guard fd >= 0 else { return "" }
+        guard fd >= 0 else { return [] }
         defer { close(fd) }
         var out: [UInt8] = []
-        var buf = [UInt8](repeating: 0, count: 4096)
+        var buf = [UInt8](repeating: 0, count: 65536)
         while true {
-            let n = buf.withUnsafeMutableBytes { read(fd, $0.baseAddress, 4096) }
+            let n = buf.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
             if n <= 0 { break }
             out += buf[0..<n]
         }
-        return String(decoding: out, as: UTF8.self)
+        return out
     }
 }
