@@ -1,5 +1,6 @@
 import Glibc
 import Minivisor
+import MinivisorBench
 import Testing
 
 /// What the review of issue 7 found still missing on the merged main: signals to a running minivisor,
@@ -126,6 +127,14 @@ struct LibraryConfigurationTests {
         }
         for cpus in [0, -1, Int.min, Int.max, 256] {
             #expect(throws: ConfigurationError.self, "cpuCount \(cpus)") { try run { $0.cpuCount = cpus } }
+        }
+    }
+
+    /// `ExitBenchmark.measure` with more than UInt32.max / 2 iterations used to trap computing 2N (the
+    /// CLI range-checks --iterations; the library did not). It throws now, before any VM is built.
+    @Test func benchmarkIterationsOutOfRangeThrow() {
+        for n: UInt32 in [0, UInt32.max / 2 + 1, UInt32.max] {
+            #expect(throws: BenchError.self, "iterations \(n)") { try ExitBenchmark.measure(.portWrite, iterations: n, rounds: 1) }
         }
     }
 }
