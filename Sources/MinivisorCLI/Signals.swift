@@ -61,7 +61,7 @@ enum TerminationSignals {
             return (first, s.vm)
         }
         guard first else {
-            writeStderr("minivisor: \(signalName(n)) again while the VM was stopping: exiting now\n")
+            writeStderr("minivisor: \(signalName(n)) while the VM was stopping: exiting now\n")
             _exit(ExitReason.signalStatus)
         }
         vm?.stop(.signal(n))
