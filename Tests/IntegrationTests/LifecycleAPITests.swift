@@ -103,15 +103,13 @@ struct LifecycleAPITests {
         let vm = try VirtualMachine(image: .realModeBlob(Self.serialDigits, loadAddress: 0x7c00), configuration: Self.configuration(capture))
         try vm.start()
         var rounds = 0
-        // runState becomes .stopped only in wait(): until then the guest's end shows as a stop reason, and
-        // a step that meets it fails (a vCPU that has ended answers nothing).
-        while vm.machine.stopReason == nil && rounds < 200 {
+        while vm.runState != .stopped && rounds < 200 {
             do {
                 try vm.pause()
                 let s = try vm.vcpuState(0)
                 try vm.setVCPUState(0, s)
                 try vm.resume()
-            } catch where vm.machine.stopReason != nil {
+            } catch LifecycleError.wrongState(_, .stopped) {
                 break
             }
             rounds += 1
