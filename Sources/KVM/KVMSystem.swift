@@ -44,9 +44,9 @@ public enum KVMUnavailable: Error, CustomStringConvertible, Sendable {
         case .missing(let p):
             return "\(p) does not exist: load the kvm module (modprobe kvm_intel or kvm_amd) or run on a host with virtualisation enabled"
         case .permissionDenied(let p):
-            return "no permission to open \(p): add your user to the kvm group (sudo usermod -aG kvm $USER) or run as root"
+            return "no permission to open \(quoted(p)): add your user to the kvm group (sudo usermod -aG kvm $USER) or run as root"
         case let .openFailed(p, e):
-            return "cannot open \(p): \(String(cString: strerror(e))): check that KVM is working on this host"
+            return "cannot open \(quoted(p)): \(String(cString: strerror(e))): check that KVM is working on this host"
         case .badAPIVersion(let v):
             return "the KVM device reports API version \(v), minivisor needs 12: use a Linux kernel with the stable KVM API"
         case .missingCapability(let name):

@@ -90,6 +90,9 @@ public enum ExitBenchmark {
     /// Per-iteration cost of `w` on both sides: (min t(2N) - min t(N)) / N over `rounds` interleaved rounds.
     /// Noise on a shared (here: nested) host only ever adds time, so minima are the robust estimate.
     public static func measure(_ w: Workload, iterations: UInt32, rounds: Int) throws -> Result {
+        guard iterations >= 1, iterations <= UInt32.max / 2 else {   // 2N must fit
+            throw BenchError.outOfRange("iterations \(iterations) is out of range: give 1 to \(UInt32.max / 2) (each round also runs 2N)")
+        }
         var c1 = Double.infinity, c2 = Double.infinity, m1 = Double.infinity, m2 = Double.infinity
         for _ in 0..<max(rounds, 1) {
             // Interleave the two sides so drifts in host load hit both alike.
@@ -115,8 +118,10 @@ public enum ExitBenchmark {
 
 public enum BenchError: Error, CustomStringConvertible {
     case unexpected(String)
+    /// An argument outside what the benchmark can run (one line, cause and fix).
+    case outOfRange(String)
     public var description: String {
-        switch self { case .unexpected(let s): return s }
+        switch self { case .unexpected(let s), .outOfRange(let s): return s }
     }
 }
 

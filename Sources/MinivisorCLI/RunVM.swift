@@ -7,6 +7,7 @@ import MinivisorCommands
 /// its status (README "Exit status").
 func runVM(_ request: RunRequest) -> Never {
     if let error = request.checkFiles() { fail(error.message, status: error.status) }
+    TerminationSignals.start(seccomp: request.seccomp)
     let level = request.logLevel
     LoggingSystem.bootstrap { label in
         var h = StreamLogHandler.standardError(label: label)
@@ -32,6 +33,7 @@ func runVM(_ request: RunRequest) -> Never {
     } catch {
         fail("cannot create the VM: \(error)", status: CLIStatus.hostError)
     }
+    TerminationSignals.register(vm)
     // The VM is built: only now are output files created or truncated.
     do { try vm.openOutputs() } catch { fail("\(error)", status: CLIStatus.usage) }
     let reason: ExitReason

@@ -12,8 +12,13 @@ ensureStandardDescriptors()
 signal(SIGPIPE, SIG_IGN)
 signal(SIGXFSZ, SIG_IGN)
 
+func bytes(_ p: UnsafePointer<CChar>) -> [UInt8] { Array(UnsafeRawBufferPointer(start: p, count: strlen(p))) }
+let kvmDevice = getenv("MINIVISOR_KVM_DEVICE").map { bytes($0) }
+let rawArguments = (1..<Int(CommandLine.argc)).compactMap { CommandLine.unsafeArgv[$0].map { bytes($0) } }
+if let error = checkEncoding(arguments: rawArguments, kvmDevice: kvmDevice) { fail(error.message, status: error.status) }
+
 var environment: [String: String] = [:]
-if let dev = getenv("MINIVISOR_KVM_DEVICE") { environment["MINIVISOR_KVM_DEVICE"] = String(cString: dev) }
+if let dev = kvmDevice { environment["MINIVISOR_KVM_DEVICE"] = String(decoding: dev, as: UTF8.self) }
 
 switch parseArguments(Array(CommandLine.arguments.dropFirst()), environment: environment) {
 case .failure(let error):

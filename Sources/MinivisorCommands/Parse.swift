@@ -149,6 +149,31 @@ public func parseArguments(_ argv: [String], environment: [String: String] = [:]
     }
 }
 
+/// Command-line arguments (the raw bytes after the program name) and MINIVISOR_KVM_DEVICE must be UTF-8:
+/// a Swift string cannot hold other bytes, and a path decoded with replacement characters names another
+/// file (an output would be created under a name nobody gave). Call before `parseArguments`.
+public func checkEncoding(arguments: [[UInt8]], kvmDevice: [UInt8]?) -> CLIError? {
+    let fix = "give file names in UTF-8 (rename the file, or link to it under a UTF-8 name)"
+    for (i, a) in arguments.enumerated() where String(validating: a, as: UTF8.self) == nil {
+        return CLIError("argument \(i + 1), \(escapedBytes(a)), is not UTF-8: \(fix)")
+    }
+    if let k = kvmDevice, String(validating: k, as: UTF8.self) == nil {
+        return CLIError("MINIVISOR_KVM_DEVICE \(escapedBytes(k)) is not UTF-8: \(fix)")
+    }
+    return nil
+}
+
+/// Bytes for a one-line message: printable ASCII as is, everything else as \xNN, in quotes.
+func escapedBytes(_ bytes: [UInt8]) -> String {
+    var out = "'"
+    for b in bytes {
+        if b >= 0x20 && b < 0x7f && b != 0x27 && b != 0x5c { out.unicodeScalars.append(Unicode.Scalar(b)) } else {
+            out += "\\x" + (b < 0x10 ? "0" : "") + String(b, radix: 16)
+        }
+    }
+    return out + "'"
+}
+
 /// The first part of an argument parser message, as one line: its usage and help lines dropped, line
 /// breaks and other control characters inside quoted user text escaped.
 func oneLine(_ message: String) -> String {

@@ -1,5 +1,6 @@
 import CLibpng
 import Glibc
+import KVM
 import Machine
 import SoftGPU
 

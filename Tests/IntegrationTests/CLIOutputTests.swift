@@ -139,19 +139,7 @@ struct CLIOutputTests {
         return dir
     }
 
-    func contents(_ path: String) -> [UInt8] {
-        let fd = open(path, O_RDONLY)
-        guard fd >= 0 else { return [] }
-        defer { close(fd) }
-        var out: [UInt8] = []
-        var buf = [UInt8](repeating: 0, count: 65536)
-        while true {
-            let n = buf.withUnsafeMutableBytes { read(fd, $0.baseAddress, 65536) }
-            if n <= 0 { break }
-            out += buf[0..<n]
-        }
-        return out
-    }
+    func contents(_ path: String) -> [UInt8] { Support.readBytes(path) }
 
     /// A multiboot guest (32-bit code) that writes `count` bytes 'x' to COM1, then `code` to the debug-exit
     /// port (status (code << 1) | 1).

@@ -42,8 +42,10 @@ enum Support {
         return dir + "minivisor"
     }
 
-    /// Runs a program, returning its exit status and combined stdout+stderr.
-    static func run(_ path: String, _ args: [String], environment: [String: String] = [:]) -> (Int32, String) {
+    /// Starts a program with stdout and stderr on one pipe and stdin on /dev/null, `environment` added to
+    /// this process's. Returns its pid and the pipe's read end (the caller reads and closes it), or the
+    /// posix_spawn error.
+    static func spawnWithOutput(_ path: String, _ args: [String], environment: [String: String] = [:]) -> Result<(pid: pid_t, output: Int32), SpawnError> {
         var fds: [Int32] = [0, 0]
         pipe(&fds)
         var actions = posix_spawn_file_actions_t()
@@ -62,20 +64,39 @@ enum Support {
         let rc = posix_spawn(&pid, path, &actions, nil, argv, envp)
         posix_spawn_file_actions_destroy(&actions)
         close(fds[1])
-        guard rc == 0 else { close(fds[0]); return (-1, "posix_spawn failed: \(rc)") }
+        guard rc == 0 else { close(fds[0]); return .failure(SpawnError(code: rc)) }
+        return .success((pid, fds[0]))
+    }
+
+    struct SpawnError: Error, CustomStringConvertible {
+        let code: Int32
+        var description: String { "posix_spawn failed: \(code)" }
+    }
+
+    /// Waits for `pid`; its exit status, or 128 + the signal that killed it.
+    static func exitStatus(_ pid: pid_t) -> Int32 {
+        var status: Int32 = 0
+        while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+        return (status & 0x7f) == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
+    }
+
+    /// Runs a program, returning its exit status and combined stdout+stderr.
+    static func run(_ path: String, _ args: [String], environment: [String: String] = [:]) -> (Int32, String) {
+        let spawned: (pid: pid_t, output: Int32)
+        switch spawnWithOutput(path, args, environment: environment) {
+        case .success(let s): spawned = s
+        case .failure(let e): return (-1, "\(e)")
+        }
         var out: [UInt8] = []
         var buf = [UInt8](repeating: 0, count: 4096)
         while true {
-            let n = buf.withUnsafeMutableBytes { read(fds[0], $0.baseAddress, 4096) }
+            let n = buf.withUnsafeMutableBytes { read(spawned.output, $0.baseAddress, 4096) }
             if n < 0 && errno == EINTR { continue }
             if n <= 0 { break }
             out += buf[0..<n]
         }
-        close(fds[0])
-        var status: Int32 = 0
-        while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
-        let code = (status & 0x7f) == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
-        return (code, String(decoding: out.filter { $0 != 13 }, as: UTF8.self))
+        close(spawned.output)
+        return (exitStatus(spawned.pid), String(decoding: out.filter { $0 != 13 }, as: UTF8.self))
     }
 
     /// Boots through the library API and captures the serial output.
@@ -132,17 +153,20 @@ extension Support {
 
 extension Support {
     /// A file's contents as text ("" when it cannot be read).
-    static func readFile(_ path: String) -> String {
+    static func readFile(_ path: String) -> String { String(decoding: readBytes(path), as: UTF8.self) }
+
+    /// A file's bytes ([] when it cannot be read).
+    static func readBytes(_ path: String) -> [UInt8] {
         let fd = open(path, O_RDONLY)
-        guard fd >= 0 else { return "" }
+        guard fd >= 0 else { return [] }
         defer { close(fd) }
         var out: [UInt8] = []
-        var buf = [UInt8](repeating: 0, count: 4096)
+        var buf = [UInt8](repeating: 0, count: 65536)
         while true {
-            let n = buf.withUnsafeMutableBytes { read(fd, $0.baseAddress, 4096) }
+            let n = buf.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
             if n <= 0 { break }
             out += buf[0..<n]
         }
-        return String(decoding: out, as: UTF8.self)
+        return out
     }
 }

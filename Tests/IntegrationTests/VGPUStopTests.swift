@@ -113,37 +113,24 @@ struct VGPUStopTests {
 
     /// Runs the CLI, returning its status, output, and the times the marker line arrived and the process ended.
     func runCLI(_ args: [String], marker: String) -> (Int32, String, ContinuousClock.Instant?, ContinuousClock.Instant) {
-        var fds: [Int32] = [0, 0]
-        pipe(&fds)
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        posix_spawn_file_actions_adddup2(&actions, fds[1], 1)
-        posix_spawn_file_actions_adddup2(&actions, fds[1], 2)
-        posix_spawn_file_actions_addclose(&actions, fds[0])
-        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
-        let path = Support.minivisor
-        let argv = ([path] + args).map { strdup($0) } + [nil]
-        defer { argv.forEach { free($0) } }
-        var pid: pid_t = 0
-        let rc = posix_spawn(&pid, path, &actions, nil, argv, environ)
-        posix_spawn_file_actions_destroy(&actions)
-        close(fds[1])
-        guard rc == 0 else { close(fds[0]); return (-1, "posix_spawn failed: \(rc)", nil, .now) }
+        let spawned: (pid: pid_t, output: Int32)
+        switch Support.spawnWithOutput(Support.minivisor, args) {
+        case .success(let s): spawned = s
+        case .failure(let e): return (-1, "\(e)", nil, .now)
+        }
         var out: [UInt8] = []
         var seen: ContinuousClock.Instant? = nil
         var buf = [UInt8](repeating: 0, count: 4096)
         while true {
-            let n = buf.withUnsafeMutableBytes { read(fds[0], $0.baseAddress, 4096) }
+            let n = buf.withUnsafeMutableBytes { read(spawned.output, $0.baseAddress, 4096) }
             if n < 0 && errno == EINTR { continue }
             if n <= 0 { break }
             out += buf[0..<n]
             if seen == nil && String(decoding: out, as: UTF8.self).contains(marker) { seen = .now }
         }
-        close(fds[0])
-        var status: Int32 = 0
-        while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+        close(spawned.output)
+        let code = Support.exitStatus(spawned.pid)
         let end = ContinuousClock.now
-        let code = (status & 0x7f) == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
         return (code, String(decoding: out.filter { $0 != 13 }, as: UTF8.self), seen, end)
     }
 

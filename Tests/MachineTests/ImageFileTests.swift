@@ -1,5 +1,6 @@
 import Glibc
 import Testing
+import KVM
 @testable import Machine
 
 /// A temporary directory for files a test creates; removed (with its files) when the test ends.

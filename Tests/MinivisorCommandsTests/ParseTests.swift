@@ -130,3 +130,16 @@ struct ParseTests {
         }
     }
 }
+
+@Suite("Argument encoding")
+struct EncodingTests {
+    /// Bytes that are not UTF-8 are refused with the argument's number and its bytes escaped; UTF-8
+    /// (including non-ASCII names) passes.
+    @Test func onlyUTF8Passes() {
+        #expect(checkEncoding(arguments: [Array("run".utf8), Array("gäst.elf".utf8)], kvmDevice: Array("/dev/kvm".utf8)) == nil)
+        let e = checkEncoding(arguments: [Array("run".utf8), [0x61, 0xff, 0x0a]], kvmDevice: nil)
+        #expect(e?.message == "argument 2, 'a\\xff\\x0a', is not UTF-8: give file names in UTF-8 (rename the file, or link to it under a UTF-8 name)")
+        #expect(e?.status == 2)
+        #expect(checkEncoding(arguments: [], kvmDevice: [0xc3])?.message.hasPrefix("MINIVISOR_KVM_DEVICE '\\xc3' is not UTF-8") == true)
+    }
+}

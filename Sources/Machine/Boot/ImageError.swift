@@ -1,3 +1,5 @@
+import KVM
+
 /// A guest image minivisor cannot boot. Each description is one line naming the cause and the fix (paths
 /// and other user text are `quoted`); the CLI exits with status 2 for all of them.
 public enum ImageError: Error, Equatable, CustomStringConvertible, Sendable {

@@ -1,5 +1,6 @@
 import Firmware
 import Glibc
+import KVM
 
 /// What to boot.
 public enum BootImage: Sendable {

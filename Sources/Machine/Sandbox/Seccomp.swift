@@ -36,6 +36,9 @@ public enum SeccompFilter: String, Sendable, CaseIterable {
     /// The gdb stub's thread (`--gdb`): accepts the debugger's connection and speaks the remote protocol;
     /// vCPU state goes through the vCPU threads' mailboxes.
     case gdb
+    /// The CLI's signal thread: waits for SIGINT, SIGTERM or SIGHUP (blocked everywhere else) and stops
+    /// the VM (`Machine.requestStop`: a lock, kicks, a wake-up).
+    case signals
 
     /// One allowed system call, with an optional condition on one argument: (argument & mask) == value.
     struct Rule: Sendable {
@@ -105,6 +108,8 @@ public enum SeccompFilter: String, Sendable, CaseIterable {
                 Rule("accept4"), Rule("accept"), Rule("setsockopt"), Rule("poll"), Rule("ppoll"),
                 Rule("recvfrom"), Rule("sendto"), Rule("shutdown"),
             ]
+        case .signals:
+            return Self.common + [Rule("rt_sigtimedwait")]
         }
     }
 }

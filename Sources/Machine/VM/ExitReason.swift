@@ -1,3 +1,5 @@
+import Glibc
+
 /// Why a VM ended. Each reason maps to one documented process exit status; statuses minivisor picks
 /// itself are even, so they never collide with isa-debug-exit's odd `(V << 1) | 1`.
 public enum ExitReason: Sendable, Equatable, CustomStringConvertible {
@@ -17,6 +19,8 @@ public enum ExitReason: Sendable, Equatable, CustomStringConvertible {
     case timeout
     /// The host failed while running the VM (an unexpected ioctl error).
     case hostError(String)
+    /// The process was asked to end (SIGINT, SIGTERM, SIGHUP: the CLI stops the VM and exits).
+    case signal(Int32)
 
     /// Process exit status for this reason (see README "Exit status").
     public var exitStatus: Int32 {
@@ -29,10 +33,13 @@ public enum ExitReason: Sendable, Equatable, CustomStringConvertible {
         case .entryFailure: return 10
         case .timeout: return 12
         case .hostError: return 14
+        case .signal: return ExitReason.signalStatus
         }
     }
 
     public static let configurationErrorStatus: Int32 = 2
+    /// The VM was stopped because the process got SIGINT, SIGTERM or SIGHUP.
+    public static let signalStatus: Int32 = 18
 
     public var description: String {
         switch self {
@@ -44,6 +51,7 @@ public enum ExitReason: Sendable, Equatable, CustomStringConvertible {
         case let .entryFailure(c, r, _): return "VM entry failed on vCPU \(c), hardware reason 0x\(String(r, radix: 16))"
         case .timeout: return "timeout expired"
         case .hostError(let s): return "host error: \(s)"
+        case .signal(let n): return "stopped by \(signalName(n))"
         }
     }
 
@@ -60,4 +68,14 @@ public enum ExitReason: Sendable, Equatable, CustomStringConvertible {
 public protocol MachineControl: AnyObject, Sendable {
     /// Ends the VM; the first reason wins.
     func requestStop(_ reason: ExitReason)
+}
+
+/// "SIGTERM" for the signals the CLI stops on, else "signal N".
+public func signalName(_ n: Int32) -> String {
+    switch n {
+    case SIGINT: return "SIGINT"
+    case SIGTERM: return "SIGTERM"
+    case SIGHUP: return "SIGHUP"
+    default: return "signal \(n)"
+    }
 }

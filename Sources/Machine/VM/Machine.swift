@@ -269,7 +269,8 @@ public final class Machine: MachineControl, DeviceContext, @unchecked Sendable {
         let deadline = configuration.timeout.map { ContinuousClock.now + $0 }
         var probe = HaltProbe(count: vcpus.count)
         while !stopping.load(ordering: .sequentiallyConsistent) {
-            var wait = configuration.haltPollInterval
+            // At most an hour per wait (a longer interval is waited in slices), so the nanoseconds below fit.
+            var wait = min(configuration.haltPollInterval, .seconds(3600))
             if let d = deadline { wait = min(wait, max(.zero, d - ContinuousClock.now)) }
             let ns = wait.components.seconds * 1_000_000_000 + wait.components.attoseconds / 1_000_000_000
             if events.wait(timeout: .now() + .nanoseconds(Int(max(ns, 1_000_000)))) == .success { continue }

@@ -56,6 +56,7 @@ public enum ConfigurationError: Error, Equatable, CustomStringConvertible, Senda
     case memoryTooLarge(UInt64, host: UInt64)
     case memoryNotPageAligned(UInt64)
     case badCPUCount(Int, max: Int)
+    case fileSizeLimit(UInt64, limit: UInt64)
 
     public var description: String {
         switch self {
@@ -67,6 +68,8 @@ public enum ConfigurationError: Error, Equatable, CustomStringConvertible, Senda
             return "--memory \(b) is not a multiple of 4 KiB: use a size such as 256M or 1G"
         case let .badCPUCount(n, max):
             return "--cpus \(n) is out of range: give 1 to \(max)"
+        case let .fileSizeLimit(b, limit):
+            return "--memory \(b >> 20)M is more than this process's file-size limit (RLIMIT_FSIZE, \(limit) bytes; guest RAM is a memory file): raise it with 'ulimit -f unlimited' or give less --memory"
         }
     }
 
@@ -76,6 +79,11 @@ public enum ConfigurationError: Error, Equatable, CustomStringConvertible, Senda
         let hostBytes = hostPhysicalMemory()
         guard c.memoryBytes <= min(hostBytes, MemoryLayout.maximumRAM) else { throw .memoryTooLarge(c.memoryBytes, host: hostBytes) }
         guard c.cpuCount >= 1, c.cpuCount <= maxVCPUs else { throw .badCPUCount(c.cpuCount, max: maxVCPUs) }
+        var limit = rlimit()
+        if getrlimit(__rlimit_resource_t(RLIMIT_FSIZE.rawValue), &limit) == 0, limit.rlim_cur != rlim_t.max,
+           c.memoryBytes > UInt64(limit.rlim_cur) {
+            throw .fileSizeLimit(c.memoryBytes, limit: UInt64(limit.rlim_cur))
+        }
     }
 }
 

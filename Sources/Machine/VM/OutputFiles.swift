@@ -1,4 +1,5 @@
 import Glibc
+import KVM
 
 /// A file's identity on this host (device and inode): hard links, symbolic links and `../` spellings of
 /// one file compare equal.
