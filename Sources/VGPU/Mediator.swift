@@ -47,7 +47,14 @@ extension VGPU {
             log.log(.debug, "doorbell without a shared page", "vgpu\(id): \(e) doorbell without a shared page")
             return
         }
-        state.withLock { $0.engines[e.rawValue].tail = tail }
+        // A doorbell for a disabled ring is dropped: after a RESET (which disables the ring) a doorbell the
+        // guest rang before it, handled late by this thread, must not bring the old TAIL back.
+        let enabled = state.withLock { s -> Bool in
+            guard s.engines[e.rawValue].ctl & Reg.ringCtlEnable != 0 else { return false }
+            s.engines[e.rawValue].tail = tail
+            return true
+        }
+        guard enabled else { return }
         doorbell(e, tail: tail)
     }
 
