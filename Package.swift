@@ -78,7 +78,7 @@ let package = Package(
         .testTarget(name: "VGPUTests", dependencies: ["VGPU", "SoftGPU", "Machine", "KVM", "CLibpng", "TestSupport",
                                                  .product(name: "Logging", package: "swift-log")]),
         .testTarget(name: "MinivisorCommandsTests", dependencies: ["MinivisorCommands", "Minivisor"]),
-        .testTarget(name: "IntegrationTests", dependencies: ["Minivisor", "Machine", "MinivisorCLI", "SeccompProbe", "CLibpng"]),
+        .testTarget(name: "IntegrationTests", dependencies: ["Minivisor", "Machine", "MinivisorCLI", "MinivisorBench", "SeccompProbe", "CLibpng"]),
     ]
 )
 
