@@ -74,7 +74,7 @@ struct BenchRunner {
         // Each guest run interleaves thirty rounds of aperture and RAM writes and reports the best of each; the
         // ratio is taken per run and the median of the runs' ratios is reported.
         var apRatios: [Double] = [], apCycles: [Double] = [], ramCycles: [Double] = [], mib: UInt64 = 0
-        for _ in 0..<5 {
+        for _ in 0..<7 {
             let ap = try VGPUBenchmark.runGuest(image, cmdline: "only=aperture", host: host).values
             if let a = ap["aperture_write_cycles_per_mib"], let r = ap["ram_write_cycles_per_mib"], a > 0, r > 0 {
                 apRatios.append(Double(r) / Double(a))
