@@ -1,6 +1,7 @@
 #define _GNU_SOURCE
 #include "baseline.h"
 #include <errno.h>
+#include <sched.h>
 #include <fcntl.h>
 #include <linux/kvm.h>
 #include <stdio.h>
@@ -62,7 +63,8 @@ int mv_baseline_run(const uint8_t *code, size_t len, uint64_t entry, uint64_t me
     struct kvm_regs regs = { .rip = entry, .rflags = 2 };
     if (ioctl(vcpu, KVM_SET_REGS, &regs) < 0) { fail(r, "KVM_SET_REGS"); goto out; }
 
-    struct timespec t0, t1;
+    struct timespec t0, t1, c0, c1;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &c0);
     clock_gettime(CLOCK_MONOTONIC, &t0);
     for (;;) {
         if (ioctl(vcpu, KVM_RUN, 0) < 0) {
@@ -84,7 +86,9 @@ int mv_baseline_run(const uint8_t *code, size_t len, uint64_t entry, uint64_t me
         }
     }
     clock_gettime(CLOCK_MONOTONIC, &t1);
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &c1);
     r->seconds = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
+    r->cpu_seconds = (double)(c1.tv_sec - c0.tv_sec) + (double)(c1.tv_nsec - c0.tv_nsec) / 1e9;
     rc = 0;
 out:
     if (run != MAP_FAILED) munmap(run, run_size);
@@ -120,4 +124,26 @@ double mv_baseline_vm_lifecycle_ms(uint64_t mem_bytes) {
     if (mem != MAP_FAILED) munmap(mem, mem_bytes);
     clock_gettime(CLOCK_MONOTONIC, &t1);
     return (double)(t1.tv_sec - t0.tv_sec) * 1e3 + (double)(t1.tv_nsec - t0.tv_nsec) / 1e6;
+}
+
+static __thread cpu_set_t saved_affinity;
+static __thread int affinity_saved;
+
+int mv_baseline_pin_here(void) {
+    int cpu = sched_getcpu();
+    if (cpu < 0) return -1;
+    if (!affinity_saved) {
+        if (sched_getaffinity(0, sizeof saved_affinity, &saved_affinity) < 0) return -1;
+        affinity_saved = 1;
+    }
+    cpu_set_t one;
+    CPU_ZERO(&one);
+    CPU_SET(cpu, &one);
+    return sched_setaffinity(0, sizeof one, &one) < 0 ? -1 : cpu;
+}
+
+void mv_baseline_unpin(void) {
+    if (!affinity_saved) return;
+    sched_setaffinity(0, sizeof saved_affinity, &saved_affinity);
+    affinity_saved = 0;
 }

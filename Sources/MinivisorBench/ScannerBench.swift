@@ -12,9 +12,11 @@ public enum ScannerBenchmark {
         public let scanMBps: Double
         public let copyMBps: Double
         public let commands: Int
+        /// Scan throughput / copy throughput, one sample per round (each round scans, then copies).
+        public let ratio: Spread
     }
 
-    public static func run(batchBytes: Int = 1 << 20, rounds: Int = 7) throws -> Result {
+    public static func run(batchBytes: Int = 1 << 20, rounds: Int = 41) throws -> Result {
         let slices = GMSlices(aperture: 0x0200_0000..<0x0600_0000, hidden: 0x1800_0000..<0x2800_0000)
         let surface = BlitSurface(gm: slices.hidden.lowerBound, pitch: 4096, width: 1024, height: 768)
         let src = BlitSurface(gm: slices.hidden.lowerBound + (4 << 20), pitch: 4096, width: 1024, height: 768)
@@ -42,28 +44,41 @@ public enum ScannerBenchmark {
 
         var scanTimes: [Double] = [], copyTimes: [Double] = []
         var commands = 0
-        for _ in 0..<rounds {
-            let t0 = DispatchTime.now().uptimeNanoseconds
+        for round in 0...rounds {      // round 0 warms up (first touch of the scanner's tables and the copy) and is dropped
+            // Thread CPU time: time slices given to other processes on a busy host do not count.
+            let t0 = threadCPUSeconds()
             let r = scanner.scan(engine: .bcs, ringStart: ringGM, ringBytes: 4096, head: 0, tail: UInt32(ringDwords.count * 4)) { gm, count in
                 if gm == ringGM { return Array(ringDwords.prefix(count)) }
                 if gm == batchGM && count <= batch.count { return Array(batch.prefix(count)) }
                 return nil
             }
-            let t1 = DispatchTime.now().uptimeNanoseconds
+            let t1 = threadCPUSeconds()
             switch r {
             case .success(let s): commands = s.commandCount
             case .failure(let e): throw BenchError.unexpected("scanner rejected the benchmark batch: \(e)")
             }
+            // A copy takes tens of microseconds, a scan milliseconds: the round's copy time is the best of 9
+            // copies right after its scan, so that one disturbed copy does not set the round's ratio.
             var copy = [UInt32](repeating: 0, count: batch.count)
-            let t2 = DispatchTime.now().uptimeNanoseconds
-            copy.withUnsafeMutableBytes { dst in batch.withUnsafeBytes { src in dst.copyMemory(from: src) } }
-            let t3 = DispatchTime.now().uptimeNanoseconds
+            var copyTime = Double.infinity
+            for _ in 0..<9 {
+                let t2 = threadCPUSeconds()
+                copy.withUnsafeMutableBytes { dst in batch.withUnsafeBytes { src in dst.copyMemory(from: src) } }
+                copyTime = min(copyTime, threadCPUSeconds() - t2)
+            }
             if copy.last != batch.last { throw BenchError.unexpected("copy mismatch") }
-            scanTimes.append(Double(t1 - t0) / 1e9)
-            copyTimes.append(Double(t3 - t2) / 1e9)
+            if round == 0 { continue }
+            scanTimes.append(t1 - t0)
+            copyTimes.append(copyTime)
         }
         let mb = Double(batch.count * 4) / 1e6
-        return Result(megabytes: mb, scanMBps: mb / ExitBenchmark.median(scanTimes), copyMBps: mb / ExitBenchmark.median(copyTimes),
-                      commands: commands)
+        return Result(megabytes: mb, scanMBps: mb / Spread(scanTimes).median, copyMBps: mb / Spread(copyTimes).median,
+                      commands: commands, ratio: Spread(zip(scanTimes, copyTimes).map { $1 / $0 }))
     }
+}
+
+func threadCPUSeconds() -> Double {
+    var ts = timespec()
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts)
+    return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
 }

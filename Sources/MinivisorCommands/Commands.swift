@@ -83,17 +83,26 @@ struct Bench: ParsableCommand {
         abstract: "Measure exit costs against a minimal C KVM loop in the same run, and start-to-exit time.",
         discussion: """
         Each exit workload (trapped port write, trapped MMIO write, ioeventfd doorbell) runs the same guest \
-        bytes under minivisor and under a minimal C KVM loop, interleaved; per-iteration cost is \
-        (min t(2N) - min t(N)) / N over the rounds (noise on a shared host only adds time). vGPU workloads run \
-        through the mediator and natively, interleaved; the best of each is compared. Start-to-exit spawns 'minivisor run IMAGE --serial none' and times \
-        the whole process. Targets: exit handling within 1.15x of the C loop; start-to-exit under 20 ms.
+        bytes under minivisor and under a minimal C KVM loop, interleaved, with both sides pinned to one CPU; \
+        each round gives a per-iteration CPU cost (t(2N) - t(N)) / N per side and their ratio, and rounds run \
+        until the median ratio's 95% interval is within --exit-target percent or --exit-seconds pass. vGPU \
+        workloads run through the mediator and natively, interleaved; each pair gives a ratio. Every ratio is \
+        printed as the median with its 95% interval and IQR. Start-to-exit spawns 'minivisor run IMAGE \
+        --serial none' and times the whole process. Targets: exit handling within 1.15x of the C loop; \
+        start-to-exit under 20 ms.
         """)
 
     @Option(parsing: .unconditional, help: "Iterations N per measurement, 1 to 10000000 (each round also runs 2N).")
     var iterations: String = "20000"
 
-    @Option(parsing: .unconditional, help: "Interleaved rounds per workload, 1 to 1000 (the minimum of each side is used).")
+    @Option(parsing: .unconditional, help: "Interleaved rounds per workload, 1 to 1000: the least for each exit workload, the number for SGEMM and fills.")
     var rounds: String = "7"
+
+    @Option(parsing: .unconditional, help: "Seconds at most per exit workload, 1 to 3600 (rounds stop earlier once the ratio is as sure as --exit-target).")
+    var exitSeconds: String = "15"
+
+    @Option(parsing: .unconditional, help: "Stop an exit workload's rounds when its ratio's 95% interval is within this many percent of the median, 1 to 50.")
+    var exitTarget: String = "2"
 
     @Option(help: "Guest image for the start-to-exit measurement (default: Guests/build/hello.elf, else the built-in demo).")
     var image: String?

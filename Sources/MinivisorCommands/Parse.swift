@@ -107,6 +107,9 @@ public struct BenchRequest: Equatable, Sendable {
     public var image: String?
     public var guests: String
     public var startupRuns: Int
+    /// Time budget per exit workload, and the ratio's wanted 95% half-width (0.02 = -+2%).
+    public var exitSeconds: Double = 15
+    public var exitTarget: Double = 0.02
 }
 
 /// What the command line asks for.
@@ -238,7 +241,9 @@ extension Bench {
         BenchRequest(iterations: UInt32(try wholeNumber(iterations, flag: "--iterations", range: 1...10_000_000, example: "20000")),
                      rounds: try wholeNumber(rounds, flag: "--rounds", range: 1...1000, example: "7"),
                      image: image, guests: guests,
-                     startupRuns: try wholeNumber(startupRuns, flag: "--startup-runs", range: 1...1000, example: "11"))
+                     startupRuns: try wholeNumber(startupRuns, flag: "--startup-runs", range: 1...1000, example: "11"),
+                     exitSeconds: Double(try wholeNumber(exitSeconds, flag: "--exit-seconds", range: 1...3600, example: "15")),
+                     exitTarget: Double(try wholeNumber(exitTarget, flag: "--exit-target", range: 1...50, example: "2")) / 100)
     }
 }
 

@@ -134,7 +134,7 @@ struct LibraryConfigurationTests {
     /// CLI range-checks --iterations; the library did not). It throws now, before any VM is built.
     @Test func benchmarkIterationsOutOfRangeThrow() {
         for n: UInt32 in [0, UInt32.max / 2 + 1, UInt32.max] {
-            #expect(throws: BenchError.self, "iterations \(n)") { try ExitBenchmark.measure(.portWrite, iterations: n, rounds: 1) }
+            #expect(throws: BenchError.self, "iterations \(n)") { try ExitBenchmark.measure(.portWrite, iterations: n, minRounds: 1, budgetSeconds: 1) }
         }
     }
 }

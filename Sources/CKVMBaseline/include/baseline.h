@@ -7,6 +7,7 @@
 
 struct mv_baseline_result {
     double seconds;          // wall time of the KVM_RUN loop (first entry to the final exit)
+    double cpu_seconds;      // CPU time of the process over the same loop (CLOCK_PROCESS_CPUTIME_ID)
     uint64_t exits;          // userspace exits handled
     int error;               // 0, or errno of the failing call
     char message[160];       // what failed
@@ -21,4 +22,10 @@ int mv_baseline_run(const uint8_t *code, size_t len, uint64_t entry, uint64_t me
 // The host's floor for a VM's life: open /dev/kvm, create a VM with an in-kernel irqchip, register
 // `mem_bytes` of RAM, create one vCPU, close everything. Returns milliseconds, or a negative value.
 double mv_baseline_vm_lifecycle_ms(uint64_t mem_bytes);
+// Pins the calling thread to the CPU it runs on now (threads it creates afterwards, such as minivisor's
+// vCPU threads, inherit the pin), so that both sides of a comparison run on one CPU. Returns that CPU, or
+// -1 if the affinity could not be set (the measurement then runs unpinned).
+int mv_baseline_pin_here(void);
+// Gives the calling thread back the CPUs it had before mv_baseline_pin_here.
+void mv_baseline_unpin(void);
 #endif
