@@ -94,5 +94,7 @@ if Context.environment["MINIVISOR_FUZZ"] != nil {
                           path: "Fuzz/FuzzCommandScanner", swiftSettings: asLibrary),
         .executableTarget(name: "FuzzVGPU", dependencies: ["FuzzSupport", "VGPU", "SoftGPU", "Machine", "KVM"],
                           path: "Fuzz/FuzzVGPU", swiftSettings: asLibrary),
+        .executableTarget(name: "FuzzCLIParser", dependencies: ["FuzzSupport", "MinivisorCommands", "Minivisor", "Machine"],
+                          path: "Fuzz/FuzzCLIParser", swiftSettings: asLibrary),
     ]
 }

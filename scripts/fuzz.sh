@@ -11,7 +11,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 SWIFT=${SWIFT:-swift}
 export SWIFT_BACKTRACE=enable=no   # libFuzzer and ASan print the stack; Swift's backtracer would stall a crash
-targets=${FUZZ_TARGETS:-FuzzImageLoader FuzzCommandScanner FuzzVGPU}
+targets=${FUZZ_TARGETS:-FuzzImageLoader FuzzCommandScanner FuzzVGPU FuzzCLIParser}
 seconds=${FUZZ_SECONDS:-60}
 dir=${FUZZ_DIR:-.build-fuzz/corpus}
 build=(env MINIVISOR_FUZZ=1 "$SWIFT" build --scratch-path .build-fuzz -c release --sanitize fuzzer
@@ -32,6 +32,7 @@ for t in $targets; do
     case $t in
         FuzzImageLoader) max_len=65536 ;;   # the test guests are up to ~64 KiB
         FuzzVGPU) max_len=4096 ;;           # a few hundred BAR0 operations
+        FuzzCLIParser) max_len=2048 ;;      # command lines
         *) max_len=16384 ;;                 # command streams: ring, batches, data
     esac
     seeds="$dir/seeds/$t"

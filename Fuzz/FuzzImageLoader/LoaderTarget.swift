@@ -7,7 +7,7 @@ import Machine
 // (Guests/build/*.elf, copied by `make fuzz`) and the a.out images written here.
 //
 // Oracle: load either throws an `ImageError` (whose description must be one line) or returns a plan whose
-// entry point lies in guest RAM; it must never trap or touch memory outside guest RAM (ASan).
+// entry point (and a multiboot image's information block) lies in guest RAM; it must never trap or touch memory outside guest RAM (ASan).
 
 /// One guest RAM for the whole process: the loader only writes it, so inputs stay independent.
 let memory: GuestMemory = {
@@ -22,7 +22,12 @@ public func loaderFuzzTarget(_ data: UnsafePointer<UInt8>?, _ size: Int) -> Int3
         let entry: UInt64
         switch plan.entry {
         case .long64(let rip): entry = rip
-        case .multiboot(let eip): entry = UInt64(eip)
+        case .multiboot(let eip, let info):
+            entry = UInt64(eip)
+            // The multiboot information (BootPlacement) must lie in guest RAM, 4-byte aligned (multiboot 1.0 3.3).
+            guard info % 4 == 0, memory.contains(UInt64(info), length: 88) else {
+                fuzzFinding("multiboot information at 0x\(String(info, radix: 16)) is not an aligned 88-byte block in guest RAM")
+            }
         case .real16: fuzzFinding("an image loaded as a real-mode blob: \(plan)")
         }
         guard plan.kind == .elf64 || plan.kind == .multiboot else { fuzzFinding("unexpected image kind \(plan.kind)") }

@@ -10,7 +10,8 @@ public func quoted(_ text: String) -> String {
         case "'": out += "\\'"
         case "\\": out += "\\\\"
         default:
-            if scalar.value < 0x20 || scalar.value == 0x7f || (0x80..<0xa0).contains(scalar.value) {
+            if scalar.value < 0x20 || scalar.value == 0x7f || (0x80..<0xa0).contains(scalar.value)
+                || scalar.value == 0x2028 || scalar.value == 0x2029 {   // Unicode's line and paragraph separators
                 out += "\\u{" + String(scalar.value, radix: 16) + "}"
             } else {
                 out.unicodeScalars.append(scalar)

@@ -187,7 +187,8 @@ func oneLine(_ message: String) -> String {
     while let last = text.last, last.isWhitespace { text.removeLast() }
     var out = ""
     for scalar in text.unicodeScalars {
-        if scalar.value < 0x20 || scalar.value == 0x7f || (0x80..<0xa0).contains(scalar.value) {
+        if scalar.value < 0x20 || scalar.value == 0x7f || (0x80..<0xa0).contains(scalar.value)
+            || scalar.value == 0x2028 || scalar.value == 0x2029 {   // Unicode's line and paragraph separators
             out += scalar == "\n" ? "\\n" : scalar == "\t" ? "\\t" : "\\u{" + String(scalar.value, radix: 16) + "}"
         } else {
             out.unicodeScalars.append(scalar)

@@ -115,7 +115,7 @@ extension VGPU {
 
     /// Shadow bytes a submission needs: (ring fragment, batches rounded up to pages).
     static func footprint(_ q: Queued) -> (ring: UInt64, batches: UInt64) {
-        let ring = UInt64(q.submission.buffers.first?.dwords.count ?? 0) * 4
+        let ring = (UInt64(q.submission.buffers.first?.dwords.count ?? 0) * 4 + 7) & ~7   // padded, see `execute`
         let batches = q.submission.buffers.dropFirst().reduce(UInt64(0)) { $0 + ((UInt64($1.dwords.count * 4) + 4095) & ~4095) }
         return (ring, batches)
     }
@@ -182,13 +182,18 @@ extension VGPU {
     }
 
     /// Places the shadow buffers of `group` in the arena (ring fragments back to back in the physical
-    /// ring, batches after it), runs them in one pass on the shared engine, and completes them. A RESET or
+    /// ring, each padded with a NOOP to whole qwords: a guest HEAD may be any dword, the physical TAIL must
+    /// be qword aligned; batches after it), runs them in one pass on the shared engine, and completes them
+    /// (the padding NOOPs are not counted in COMMAND_COUNT). A RESET or
     /// shutdown (a new `generation`) before the pass starts cancels it, during it aborts it (RESET resets
     /// the physical engine), and either way the pass leaves no trace in the virtual state.
     func execute(_ e: EngineID, _ group: [Queued], generation: UInt64) {
         let (arenaGM, arenaPtr, arenaBytes) = engineArena(e)
         var buffers = group.map { $0.submission.buffers }
         var placement = buffers.map { [UInt64](repeating: 0, count: $0.count) }
+        // A fragment of an odd number of dwords (HEAD 4 mod 8) gets a NOOP, so the next one and TAIL stay qword aligned.
+        let padded = buffers.map { ($0.first?.dwords.count ?? 0) % 2 == 1 }
+        for s in buffers.indices where padded[s] { buffers[s][0].dwords.append(CommandTable.info(.noop).header) }
         var ringPos: UInt64 = 0, next = VGPU.shadowRingBytes
         for s in buffers.indices {
             for b in buffers[s].indices {
@@ -274,7 +279,6 @@ extension VGPU {
             s.engines[i].executing = false
             // Cancelled or aborted by a RESET or shutdown: the engine's state is already as after reset.
             guard started, s.engines[i].generation == generation else { return 0 }
-            s.engines[i].commandCount &+= UInt32(truncatingIfNeeded: executed)
             var completed = group.count
             switch outcome {
             case .idle:
@@ -296,6 +300,9 @@ extension VGPU {
                 s.engines[i].queue.removeAll()
                 bits |= Interrupt.error(e)
             }
+            // The padding NOOPs of the completed submissions ran but are not the guest's commands.
+            let pads = UInt64(padded.prefix(completed).filter { $0 }.count)
+            s.engines[i].commandCount &+= UInt32(truncatingIfNeeded: executed >= pads ? executed - pads : 0)
             // HEAD: past every submission that completed; at the start of the one that failed.
             s.engines[i].head = completed == group.count ? group[group.count - 1].tail : group[completed].head
             if userEvents > 0 { bits |= Interrupt.user(e) }

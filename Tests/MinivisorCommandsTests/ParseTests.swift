@@ -101,6 +101,17 @@ struct ParseTests {
         }
     }
 
+    /// Unicode's own line breaks (LINE and PARAGRAPH SEPARATOR, NEL) are escaped too (found by FuzzCLIParser).
+    @Test func unicodeLineSeparatorsStayOnOneLine() {
+        for sep in ["\u{2028}", "\u{2029}", "\u{85}"] {
+            for argv in [["run", "--pit", "a\(sep)b"], ["run", "a", "b\(sep)c"], ["run", "--x\(sep)y"], ["run", "--serial", "x\(sep)"]] {
+                let m = refusal(argv)
+                let breaks = m.contains { $0.isNewline }
+                #expect(!breaks, "\(argv): \(m)")
+            }
+        }
+    }
+
     /// Any argv: a result, never a trap or an exit; refusals are one line with status 2. Deterministic.
     @Test func arbitraryArgumentsNeverTrap() {
         let words = ["run", "bench", "help", "--memory", "--cpus", "--timeout", "--serial", "--module", "--vgpu",

@@ -56,12 +56,14 @@ public enum SeccompFilter: String, Sendable, CaseIterable {
     /// What every filtered thread needs: the Swift runtime, Glibc's malloc and locks (futex, mmap family,
     /// gettid for Mutex owners), time, eventfd and serial reads/writes, swift-log's timestamps
     /// (strftime's tzset stats /etc/localtime), kicks (pthread_kill = getpid + tgkill), signal returns
-    /// and thread exit (rt_sigprocmask, madvise of the stack; exit and exit_group are always allowed).
+    /// and thread exit (rt_sigprocmask, madvise of the stack; exit and exit_group are always allowed), and
+    /// restart_syscall: a timed wait (futex, nanosleep, poll) interrupted by a stop (Ctrl-Z and fg, a
+    /// tracer attaching, a cgroup freezer) resumes through it.
     static let common: [Rule] = [
         "futex", "gettid", "getpid", "tgkill", "sched_yield",
         "mmap", "munmap", "mremap", "madvise", "mprotect", "brk",
         "clock_gettime", "clock_nanosleep", "nanosleep",
-        "rt_sigprocmask", "rt_sigreturn",
+        "rt_sigprocmask", "rt_sigreturn", "restart_syscall",
         "read", "write", "close", "newfstatat", "fstat", "lseek",
     ].map(Rule.init)
 
