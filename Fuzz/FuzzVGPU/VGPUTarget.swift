@@ -61,7 +61,7 @@ final class Rig: @unchecked Sendable {
     let machine: Machine
     let host: GPUHost
     let vgpu: VGPU
-    let bar0 = VGPU.defaultBAR0
+    let bar0: UInt64   // where the PCI bus placed BAR0
     // What the current input touched (reset afterwards).
     var writtenRegisters = Set<UInt32>()
     var writtenGTT = Set<UInt64>()       // BAR0 offsets of 8-byte GTT entries
@@ -80,12 +80,13 @@ final class Rig: @unchecked Sendable {
             c.serialOutput = .none
             machine = try Machine(configuration: c, image: .realModeBlob([0xfa, 0xf4], loadAddress: 0x7c00), logger: quiet)
             host = GPUHost()
-            vgpu = try VGPU(machine: machine, host: host, logger: quiet)
+            vgpu = try VGPU(context: machine, host: host, logger: quiet)
         } catch {
             fuzzFinding("cannot build the machine and vGPU: \(error)")
         }
-        vgpu.config.write(offset: 4, size: 2, value: 0x6)   // memory decode + bus master
-        vgpu.configWritten(offset: 4, size: 2)
+        // Memory decode + bus master, through the PCI bus (which maps the BARs), as a guest enables it.
+        machine.pciBus.configWrite(bus: 0, device: vgpu.pciDevice, function: 0, offset: 4, size: 2, value: 0x6)
+        bar0 = UInt64(machine.pciBus.configRead(bus: 0, device: vgpu.pciDevice, function: 0, offset: 0x10, size: 4) & ~0xf)
     }
 
     // MARK: BAR0 through the MMIO bus
