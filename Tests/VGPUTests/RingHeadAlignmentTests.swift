@@ -1,3 +1,4 @@
+import TestSupport
 import Glibc
 import KVM
 import Machine
@@ -10,7 +11,7 @@ extension Rig {
     /// them and waits (bounded) until the mediator has consumed it. Returns the new tail.
     @discardableResult
     func submitExactly(_ e: EngineID, ringGPA: UInt64, at: UInt32, _ dwords: [UInt32]) throws -> UInt32 {
-        for (i, d) in dwords.enumerated() { try machine.memory.write(d, at: ringGPA + UInt64(at) + UInt64(i * 4)) }
+        for (i, d) in dwords.enumerated() { try context.memory.write(d, at: ringGPA + UInt64(at) + UInt64(i * 4)) }
         let tail = at + UInt32(dwords.count * 4)
         w32(Reg.ringTail(e), tail)
         let deadline = ContinuousClock.now + .seconds(20)
@@ -27,8 +28,7 @@ extension Rig {
 /// docs/vgpu.md section 7: HEAD may be any dword inside the ring, TAIL must be qword aligned. A fragment that
 /// starts at HEAD 4 mod 8 therefore holds an odd number of dwords; the mediator must still run it (it pads
 /// the physical ring) instead of failing with engine error 17 (invalid ring state).
-@Suite("vGPU ring HEAD at a dword that is not a qword (needs /dev/kvm)", .serialized,
-       .enabled(if: KVMSystem.isAvailable, "needs read-write /dev/kvm"))
+@Suite("vGPU ring HEAD at a dword that is not a qword", .serialized)
 struct RingHeadAlignmentTests {
     @Test func fragmentsOfAnOddNumberOfDwordsRun() throws {
         let rig = try Rig()
@@ -55,7 +55,7 @@ struct RingHeadAlignmentTests {
         store.noop()
         try rig.submitExactly(.rcs, ringGPA: ring, at: 12, store.dwords)
         #expect(rig.r32(Reg.status(.rcs)) & Reg.statusError == 0, "engine error \(rig.r32(Reg.errorCode(.rcs)))")
-        #expect(try rig.machine.memory.read(UInt32.self, at: fence) == 0x600d_f00d)
+        #expect(try rig.context.memory.read(UInt32.self, at: fence) == 0x600d_f00d)
         #expect(rig.r32(Reg.ringHead(.rcs)) == 32)
         // COMMAND_COUNT counts the guest's commands only, not the NOOPs the mediator pads with.
         #expect(rig.r32(Reg.commandCount(.rcs)) == 3)
@@ -65,7 +65,7 @@ struct RingHeadAlignmentTests {
         next.storeDataImm(gm: fenceGM + 4, 0x1234)
         try rig.submitExactly(.rcs, ringGPA: ring, at: 32, next.dwords)
         #expect(rig.r32(Reg.status(.rcs)) & Reg.statusError == 0, "engine error \(rig.r32(Reg.errorCode(.rcs)))")
-        #expect(try rig.machine.memory.read(UInt32.self, at: fence + 4) == 0x1234)
+        #expect(try rig.context.memory.read(UInt32.self, at: fence + 4) == 0x1234)
         #expect(rig.r32(Reg.commandCount(.rcs)) == 4)
     }
 }
