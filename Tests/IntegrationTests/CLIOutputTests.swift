@@ -37,11 +37,8 @@ final class Child {
                 ends[fd] = mine
             }
         }
-        var env = environment.map { "\($0.key)=\($0.value)" }
-        var e = environ
-        while let p = e.pointee { env.append(String(cString: p)); e += 1 }
         let argv = ([path] + args).map { strdup($0) } + [nil]
-        let envp = env.map { strdup($0) } + [nil]
+        let envp = Support.environment(adding: environment).map { strdup($0) } + [nil]
         defer { argv.forEach { free($0) }; envp.forEach { free($0) } }
         // Default signal dispositions, as from a shell: the test runner may ignore some (SIGXFSZ).
         var attr = posix_spawnattr_t()

@@ -54,11 +54,8 @@ enum Support {
         posix_spawn_file_actions_adddup2(&actions, fds[1], 2)
         posix_spawn_file_actions_addclose(&actions, fds[0])
         posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
-        var env = environment.map { "\($0.key)=\($0.value)" }
-        var e = environ
-        while let p = e.pointee { env.append(String(cString: p)); e += 1 }
         let argv = ([path] + args).map { strdup($0) } + [nil]
-        let envp = env.map { strdup($0) } + [nil]
+        let envp = Support.environment(adding: environment).map { strdup($0) } + [nil]
         defer { argv.forEach { free($0) }; envp.forEach { free($0) } }
         var pid: pid_t = 0
         let rc = posix_spawn(&pid, path, &actions, nil, argv, envp)
@@ -152,6 +149,14 @@ extension Support {
 }
 
 extension Support {
+    /// This process's environment with `extra` put first ("NAME=value" strings for posix_spawn).
+    static func environment(adding extra: [String: String]) -> [String] {
+        var env = extra.map { "\($0.key)=\($0.value)" }
+        var e = environ
+        while let p = e.pointee { env.append(String(cString: p)); e += 1 }
+        return env
+    }
+
     /// A file's contents as text ("" when it cannot be read).
     static func readFile(_ path: String) -> String { String(decoding: readBytes(path), as: UTF8.self) }
 
