@@ -5,7 +5,11 @@
  *  (i)   writing N MiB (cmdline mib=, default 16) through the aperture (BAR2, GTT-mapped guest RAM) vs
  *        the same amount to ordinary guest RAM: cycles per MiB and the ratio;
  *  (ii)  N (doorbells=, default 2000) PV fast doorbells (ioeventfd) vs N trapped register writes
- *        (SCRATCH0), cycles per operation; then N tiny submissions with each doorbell kind;
+ *        (SCRATCH0), in blocks of block= (default 100), cycles per operation; then N tiny submissions
+ *        with each doorbell kind;
+ *  For (i) and (ii) the two kinds run as many short blocks interleaved A B B A A B B A ..., so that both
+ *  see the same host conditions, and every pair is printed as "pair NAME CYCLES_A CYCLES_B" (the host
+ *  takes the median of the pairs' ratios: one slow moment spoils one pair, not the result);
  *  (iii) a stream of small COLOR_BLT fills (fills=, default 16384, 16x16 each) built in ring 3 straight
  *        into batch buffers in the aperture, batch= fills per batch (default 256), PV doorbell, fence
  *        polling; against the same fills submitted one per ring submission (1/16 as many).
@@ -38,31 +42,31 @@ static void print_ratio(const char *name, uint64_t num, uint64_t den) {
 
 /* ------------------------------------------------------------------ (i) */
 
+/* One block = one timed pass writing `bytes` to `dst`. */
 struct write_job {
     volatile uint64_t *dst;
     uint64_t bytes;
-    unsigned passes;
-    uint64_t best;              /* fewest cycles of one pass */
+    uint64_t v;
+    uint64_t cycles;
 };
 
 static uint64_t write_user(uint64_t arg) {
     struct write_job *j = (struct write_job *)(uintptr_t)arg;
-    uint64_t n = j->bytes / 8;
-    j->best = ~0ull;
-    for (unsigned pass = 0; pass < j->passes; pass++) {
-        volatile uint64_t *p = j->dst;
-        uint64_t v = 0x0101010101010101ull * (pass + 1);
-        uint64_t t0 = rdtsc();
-        for (uint64_t i = 0; i < n; i += 8) {
-            p[i] = v; p[i + 1] = v; p[i + 2] = v; p[i + 3] = v;
-            p[i + 4] = v; p[i + 5] = v; p[i + 6] = v; p[i + 7] = v;
-        }
-        uint64_t t = rdtsc() - t0;
-        if (pass > 0 || j->passes == 1) {   /* pass 0 warms up (first-touch faults, remaps) */
-            if (t < j->best) j->best = t;
-        }
+    uint64_t n = j->bytes / 8, v = j->v;
+    volatile uint64_t *p = j->dst;
+    uint64_t t0 = rdtsc();
+    for (uint64_t i = 0; i < n; i += 8) {
+        p[i] = v; p[i + 1] = v; p[i + 2] = v; p[i + 3] = v;
+        p[i + 4] = v; p[i + 5] = v; p[i + 6] = v; p[i + 7] = v;
     }
-    return j->best;
+    j->cycles = rdtsc() - t0;
+    return 0;
+}
+
+static uint64_t write_block(volatile uint64_t *dst, uint64_t bytes, uint64_t v) {
+    struct write_job j = { dst, bytes, v, 0 };
+    mv_run_user(write_user, (uint64_t)(uintptr_t)&j);
+    return j.cycles ? j.cycles : 1;
 }
 
 static void bench_aperture(uint64_t mib, uint64_t tsc_khz) {
@@ -80,32 +84,35 @@ static void bench_aperture(uint64_t mib, uint64_t tsc_khz) {
     }
     volatile uint64_t *ap = vgpu_aperture(&gpu, gm);
 
-    /* Probe with 64 KiB first: if the aperture traps, a full run would take minutes. */
-    struct write_job probe = { ap, 64 << 10, 2, 0 }, probe_ram = { ram, 64 << 10, 2, 0 };
-    mv_run_user(write_user, (uint64_t)(uintptr_t)&probe);
-    mv_run_user(write_user, (uint64_t)(uintptr_t)&probe_ram);
-    if (probe.best > 1000 * (probe_ram.best + 1000)) {
+    /* Probe with 64 KiB first (after a warm-up pass each): if the aperture traps, a full run would take minutes. */
+    write_block(ap, 64 << 10, 1);
+    write_block(ram, 64 << 10, 1);
+    uint64_t pa = write_block(ap, 64 << 10, 1), pr = write_block(ram, 64 << 10, 1);
+    if (pa > 1000 * (pr + 1000)) {
         mv_printf("note: aperture writes are %lu times slower than RAM in a 64 KiB probe (trapping?); measuring 64 KiB only\n",
-                  probe.best / (probe_ram.best ? probe_ram.best : 1));
+                  pa / pr);
         bytes = 64 << 10;
     }
-    /* Interleave aperture and RAM rounds so both see the same host conditions; keep the best of each. */
-    struct write_job ja = { ap, bytes, 2, 0 }, jr = { ram, bytes, 2, 0 };
+    /* Warm-up (first-touch faults, remaps), then 60 pairs of one pass each, A B B A: the pair's order
+     * alternates, so drifts and order effects hit both kinds alike. The last pass of each kind writes 0x02..02. */
+    write_block(ap, bytes, 1);
+    write_block(ram, bytes, 1);
+    const int pairs = 60;
     uint64_t best_a = ~0ull, best_r = ~0ull;
-    for (int round = 0; round < 30; round++) {
-        mv_run_user(write_user, (uint64_t)(uintptr_t)&ja);
-        mv_run_user(write_user, (uint64_t)(uintptr_t)&jr);
-        if (ja.best < best_a) best_a = ja.best;
-        if (jr.best < best_r) best_r = jr.best;
+    for (int k = 0; k < pairs; k++) {
+        uint64_t v = 0x0101010101010101ull * (k + 1 == pairs ? 2 : 3), ca, cr;
+        if (k % 2 == 0) { ca = write_block(ap, bytes, v); cr = write_block(ram, bytes, v); }
+        else { cr = write_block(ram, bytes, v); ca = write_block(ap, bytes, v); }
+        mv_printf("pair aperture_ram %lu %lu\n", ca, cr);
+        if (ca < best_a) best_a = ca;
+        if (cr < best_r) best_r = cr;
     }
-    ja.best = best_a;
-    jr.best = best_r;
-    /* Each round's last pass wrote 0x02..02 through BAR2: it must be in the guest RAM behind the GTT. */
+    /* The last pass wrote 0x02..02 through BAR2: it must be in the guest RAM behind the GTT. */
     uint64_t n = bytes / 8, want = 0x0202020202020202ull;
     if (back[0] != want || back[n / 2] != want || back[n - 1] != want)
         FAIL("aperture writes did not land in the backing RAM: 0x%lx 0x%lx 0x%lx\n", back[0], back[n / 2], back[n - 1]);
     uint64_t mibs = bytes >> 20 ? bytes >> 20 : 1;
-    uint64_t ca = bytes >> 20 ? ja.best / mibs : ja.best * 16, cr = bytes >> 20 ? jr.best / mibs : jr.best * 16;
+    uint64_t ca = bytes >> 20 ? best_a / mibs : best_a * 16, cr = bytes >> 20 ? best_r / mibs : best_r * 16;
     mv_printf("bench write_mib %lu MiB\n", bytes >> 20);
     mv_printf("bench aperture_write_cycles_per_mib %lu cycles\n", ca);
     mv_printf("bench ram_write_cycles_per_mib %lu cycles\n", cr);
@@ -119,8 +126,10 @@ static void bench_aperture(uint64_t mib, uint64_t tsc_khz) {
 /* ------------------------------------------------------------------ (ii) */
 
 struct door_job {
-    uint64_t n;
+    uint64_t n, block;
     uint64_t pv, trapped, submit_pv, submit_tail;   /* total cycles */
+    uint64_t *pair_pv, *pair_trapped;               /* per pair of blocks */
+    uint64_t pairs;
     int rc;
 };
 
@@ -128,14 +137,29 @@ static uint64_t door_user(uint64_t arg) {
     struct door_job *j = (struct door_job *)(uintptr_t)arg;
     const int e = VGPU_BCS;
     uintptr_t db = (uintptr_t)(gpu.bar0 + VGPU_PV_DOORBELL(e)), scratch = (uintptr_t)(gpu.bar0 + VGPU_SCRATCH(0));
-    /* Plain doorbells: the shared page already holds the current tail, so there is nothing new to run. */
+    /* Plain doorbells: the shared page already holds the current tail, so there is nothing new to run.
+     * One short warm-up block of each, then n of each in pairs of blocks, A B B A. */
     gpu.shared[2 * e] = gpu.ring[e].tail;
-    uint64_t t0 = rdtsc();
-    for (uint64_t i = 0; i < j->n; i++) mmio_write32(db, 1);
-    j->pv = rdtsc() - t0;
-    t0 = rdtsc();
-    for (uint64_t i = 0; i < j->n; i++) mmio_write32(scratch, (uint32_t)i);
-    j->trapped = rdtsc() - t0;
+    for (uint64_t i = 0; i < 16; i++) { mmio_write32(db, 1); mmio_write32(scratch, (uint32_t)i); }
+    j->pv = j->trapped = 0;
+    for (uint64_t k = 0; k < j->pairs; k++) {
+        uint64_t m = k + 1 == j->pairs ? j->n - k * j->block : j->block, tp = 0, tt = 0;
+        for (int half = 0; half < 2; half++) {
+            uint64_t t0 = rdtsc();
+            if ((half == 0) == (k % 2 == 0)) {
+                for (uint64_t i = 0; i < m; i++) mmio_write32(db, 1);
+                tp = rdtsc() - t0;
+            } else {
+                for (uint64_t i = 0; i < m; i++) mmio_write32(scratch, (uint32_t)i);
+                tt = rdtsc() - t0;
+            }
+        }
+        j->pair_pv[k] = tp;
+        j->pair_trapped[k] = tt;
+        j->pv += tp;
+        j->trapped += tt;
+    }
+    uint64_t t0;
 
     /* Tiny submissions (two NOOPs each), then one fenced FLUSH to know they all ran. */
     static const uint32_t noops[2] = { VGPU_CMD_NOOP, VGPU_CMD_NOOP };
@@ -156,14 +180,22 @@ static uint64_t door_user(uint64_t arg) {
     return 0;
 }
 
-static void bench_doorbells(uint64_t n) {
-    struct door_job j = { n, 0, 0, 0, 0, 0 };
+static void bench_doorbells(uint64_t n, uint64_t block) {
+    if (block > n) block = n;
+    uint64_t pairs = n / block;
+    struct door_job j = { n, block, 0, 0, 0, 0, mv_alloc(pairs * 8, 8), mv_alloc(pairs * 8, 8), pairs, 0 };
+    if (!j.pair_pv || !j.pair_trapped) {
+        FAIL("no memory for %lu doorbell pairs\n", pairs);
+        return;
+    }
     mv_run_user(door_user, (uint64_t)(uintptr_t)&j);
     if (j.rc) {
         FAIL("doorbell benchmark: submissions did not complete (%d; BCS fence %u, seq %u)\n", j.rc,
              vgpu_fence(&gpu, VGPU_BCS), gpu.ring[VGPU_BCS].seq);
         return;
     }
+    /* A, B = trapped, PV: the host's ratio is trapped / PV. The last pair may hold more operations. */
+    for (uint64_t k = 0; k < pairs; k++) mv_printf("pair trapped_pv %lu %lu\n", j.pair_trapped[k], j.pair_pv[k]);
     mv_printf("bench doorbells %lu ops\n", n);
     mv_printf("bench pv_doorbell_cycles %lu cycles/op\n", j.pv / n);
     mv_printf("bench trapped_write_cycles %lu cycles/op\n", j.trapped / n);
@@ -376,6 +408,7 @@ static int want(const struct mv_boot_info *bi, const char *name) {
 int main(const struct mv_boot_info *bi) {
     uint64_t mib = param(bi, "mib", 16, 1, 1024);
     uint64_t doorbells = param(bi, "doorbells", 2000, 1, 1000000);
+    uint64_t block = param(bi, "block", 100, 1, 1000000);
     uint64_t fills = param(bi, "fills", 16384, 1, 1u << 22);
     uint64_t per_batch = param(bi, "batch", 256, 1, 4096);
     if (vgpu_init(&gpu, bi) != 0) {
@@ -393,7 +426,7 @@ int main(const struct mv_boot_info *bi) {
     uint64_t khz = vgpu_tsc_khz();
     mv_printf("bench tsc_khz %lu kHz\n", khz);
     if (want(bi, "aperture")) bench_aperture(mib, khz);
-    if (want(bi, "doorbells")) bench_doorbells(doorbells);
+    if (want(bi, "doorbells")) bench_doorbells(doorbells, block);
     if (want(bi, "fills"))
         bench_fills(fills, per_batch, param(bi, "singles", fills / 16 ? fills / 16 : 1, 0, 1u << 22),
                     param(bi, "pv", 1, 0, 1) ? VGPU_DOORBELL_PV : VGPU_DOORBELL_TAIL, khz);

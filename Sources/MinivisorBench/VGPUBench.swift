@@ -9,14 +9,53 @@ import VGPU
 /// vGPU benchmarks: the `vgpu_bench` guest measures from inside (ring 3), and for GPU workloads the host
 /// times the guest's submissions through the mediator (first doorbell to last completion) and then the
 /// same workload submitted by host code straight to the same software GPU ("native"), in the same run.
+/// Guest-timed comparisons come as many pairs of short interleaved blocks; `pairRatios` takes their median.
 public enum VGPUBenchmark {
     public struct GuestRun: Sendable {
         public let values: [String: UInt64]
+        /// The guest's "pair NAME A B" lines: cycles of two interleaved blocks, in the order printed.
+        public let pairs: [String: [Pair]]
         public let window: Duration?
         public let engineBusy: Duration
+
+        /// Parses the guest's serial output: "bench NAME VALUE ..." and "pair NAME A B" lines.
+        public init(serialOutput: String, window: Duration? = nil, engineBusy: Duration = .zero) {
+            var values: [String: UInt64] = [:], pairs: [String: [Pair]] = [:]
+            for line in serialOutput.split(separator: "\n") {
+                let f = line.split(separator: " ")
+                if f.first == "bench", f.count >= 3, let v = UInt64(f[2]) { values[String(f[1])] = v }
+                if f.first == "pair", f.count == 4, let a = UInt64(f[2]), let b = UInt64(f[3]) {
+                    pairs[String(f[1]), default: []].append(Pair(a: a, b: b))
+                }
+            }
+            self.values = values
+            self.pairs = pairs
+            self.window = window
+            self.engineBusy = engineBusy
+        }
     }
 
-    /// Boots `image` with a vGPU on `host`, with `cmdline`; returns its "bench NAME VALUE" lines.
+    /// Cycles of one block of each kind, timed back to back by the guest.
+    public struct Pair: Sendable, Equatable {
+        public let a: UInt64, b: UInt64
+        public init(a: UInt64, b: UInt64) { self.a = a; self.b = b }
+    }
+
+    /// The median and 95% interval of the pairs' ratios a / b (b / a with `inverted`) named `name`, pooled
+    /// over `runs`: each pair's two blocks ran back to back, so one slow moment of the host spoils one pair
+    /// and moves the median little, where a ratio of one block of each per run moves with it.
+    public static func pairRatios(_ runs: [GuestRun], _ name: String, inverted: Bool = false) -> Spread {
+        var ratios: [Double] = []
+        for run in runs {
+            for p in run.pairs[name] ?? [] where p.a > 0 && p.b > 0 {
+                let a = Double(p.a), b = Double(p.b)
+                ratios.append(inverted ? b / a : a / b)
+            }
+        }
+        return Spread(ratios)
+    }
+
+    /// Boots `image` with a vGPU on `host`, with `cmdline`; returns its "bench NAME VALUE" and "pair" lines.
     public static func runGuest(_ image: String, cmdline: String, host: GPUHost) throws -> GuestRun {
         var c = MachineConfiguration()
         c.memoryBytes = 256 << 20
@@ -30,12 +69,7 @@ public enum VGPUBenchmark {
         guard reason == .powerOff, out.contains("vgpu bench ok") else {
             throw BenchError.unexpected("vgpu_bench (\(cmdline)) ended with \(reason): \(out.split(separator: "\n").suffix(3).joined(separator: " | "))")
         }
-        var values: [String: UInt64] = [:]
-        for line in out.split(separator: "\n") where line.hasPrefix("bench ") {
-            let f = line.split(separator: " ")
-            if f.count >= 3, let v = UInt64(f[2]) { values[String(f[1])] = v }
-        }
-        return GuestRun(values: values, window: vm.vgpu?.activeWindow, engineBusy: vm.vgpu?.engineBusy ?? .zero)
+        return GuestRun(serialOutput: out, window: vm.vgpu?.activeWindow, engineBusy: vm.vgpu?.engineBusy ?? .zero)
     }
 
     public static func seconds(_ d: Duration) -> Double {
