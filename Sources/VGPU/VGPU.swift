@@ -88,7 +88,8 @@ public final class VGPU: PCIFunction, BusDevice, PausableDevice, @unchecked Send
 
     struct State {
         var engines = [EngineState(), EngineState()]
-        var regs: [UInt32: UInt32] = [:]       // emulated registers without their own field
+        /// Emulated registers without their own field (display, SCRATCH), in the register file's flat storage.
+        var regs = VGPURegisterFile.Storage()
         var isr: UInt32 = 0, imr: UInt32 = 0xffff_ffff, iir: UInt32 = 0, ier: UInt32 = 0
         var sharedPage: UInt64 = 0
         var errStatus: UInt32 = 0, errEngine: UInt32 = 0, errReason: UInt32 = 0, errOpcode: UInt32 = 0
@@ -377,8 +378,7 @@ public final class VGPU: PCIFunction, BusDevice, PausableDevice, @unchecked Send
         case VGPURegs.statBlock: return readStatistic(r)
         default: break
         }
-        let policy = RegisterPolicy.of(r)
-        if policy == .privileged { return 0 }
+        guard let (row, _) = VGPURegisterFile.row(at: r), row.policy != .privileged else { return 0 }
         switch r {
         case Reg.gpuID, Reg.gmSizeMiB, Reg.apertureSizeMiB: return host.gpu.readRegister(r)
         default: break
@@ -419,7 +419,7 @@ public final class VGPU: PCIFunction, BusDevice, PausableDevice, @unchecked Send
             case Reg.flipCount: return s.flips
             case Reg.cursorFlipCount: return s.cursorFlips
             case Reg.displayFaults: return 0
-            default: return s.regs[r] ?? 0
+            default: return s.regs[r]
             }
         }
     }
@@ -439,8 +439,8 @@ public final class VGPU: PCIFunction, BusDevice, PausableDevice, @unchecked Send
             return   // read-only counters
         default: break
         }
-        let policy = RegisterPolicy.of(r)
-        switch policy {
+        let row = VGPURegisterFile.row(at: r)?.row
+        switch row?.policy ?? .privileged {
         case .privileged:
             privilegedWrites.add(1, ordering: .relaxed)
             log.log(.debug, "privileged register write",
@@ -457,8 +457,7 @@ public final class VGPU: PCIFunction, BusDevice, PausableDevice, @unchecked Send
             }
         default: break
         }
-        let masked: UInt32
-        if case .writeMasked(let m) = policy { masked = value & m } else { masked = value }
+        let masked = value & (row?.writableMask ?? 0)
 
         var deliver: UInt32 = 0
         var kick = false
