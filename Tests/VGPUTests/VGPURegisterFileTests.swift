@@ -187,6 +187,15 @@ struct VGPURegisterFileTests {
         #expect(Reg.scratch(Reg.scratchDwords - 1) == VGPURegisterFile.rows.first { $0.name == "SCRATCH" }!.offsets.last)
     }
 
+    /// Engine registers live in the engine's state (which RESET replaces), not in the flat storage: each
+    /// engine row reads, and each writable one writes, through its handlers.
+    @Test func engineRowsGoThroughTheirHandlers() {
+        for row in VGPURegisterFile.rows where row.engine != nil {
+            #expect(row.read != nil, "\(row.name) of \(row.engine!) has no read handler")
+            if row.writableMask != 0 { #expect(row.write != nil, "\(row.name) of \(row.engine!) has no write handler") }
+        }
+    }
+
     /// The table derived from the rows is the hand-written policy table it replaced (kept here as the
     /// reference), so the LRI whitelist and the BAR0 policies did not change.
     @Test func derivedPolicyTableEqualsTheOldHandWrittenOne() {
