@@ -261,4 +261,39 @@ struct VGPURegisterFileTests {
         #expect(rig.r32(privileged) == 0)
         #expect(rig.vgpu.statistics.privilegedWrites == 1)
     }
+
+    /// The PV page, the error block and the statistics block (docs/vgpu.md sections 2, 4 and 7) are not
+    /// rows; their documented offsets must be the `VGPURegs` constants, each documented once.
+    @Test func documentedBlockOffsetsAreTheVGPURegsConstants() throws {
+        let constants: [String: UInt32] = [
+            "PV_MAGIC": VGPURegs.pvMagic, "PV_VERSION": VGPURegs.pvVersion, "PV_VGPU_ID": VGPURegs.pvVGPUID,
+            "PV_APERTURE_BASE": VGPURegs.pvApertureBase, "PV_APERTURE_SIZE": VGPURegs.pvApertureSize,
+            "PV_HIDDEN_BASE": VGPURegs.pvHiddenBase, "PV_HIDDEN_SIZE": VGPURegs.pvHiddenSize, "PV_GM_SIZE": VGPURegs.pvGMSize,
+            "PV_SHARED_PAGE": VGPURegs.pvSharedPage, "PV_DOORBELL_RCS": VGPURegs.pvDoorbellRCS,
+            "PV_DOORBELL_BCS": VGPURegs.pvDoorbellBCS,
+            "ERR_STATUS": VGPURegs.errStatus, "ERR_ENGINE": VGPURegs.errEngine, "ERR_REASON": VGPURegs.errReason,
+            "ERR_OPCODE": VGPURegs.errOpcode, "ERR_CMD_GM": VGPURegs.errCommandGM, "ERR_LEVEL": VGPURegs.errLevel,
+            "ERR_OPERAND": VGPURegs.errOperand, "ERR_COUNT": VGPURegs.errCount, "ERR_OFFSET": VGPURegs.errOffset,
+            "VGPU_STAT_BAD_ACCESS": VGPURegs.statBadAccess, "VGPU_STAT_PRIVILEGED_WRITES": VGPURegs.statPrivilegedWrites,
+            "VGPU_STAT_REFUSED_ADDRESS": VGPURegs.statRefusedAddress, "VGPU_STAT_GTT_REJECTED": VGPURegs.statGTTRejected,
+            "VGPU_STAT_GTT_DROPPED": VGPURegs.statGTTDropped, "VGPU_STAT_SUBMISSIONS": VGPURegs.statSubmissions,
+            "VGPU_STAT_REJECTIONS": VGPURegs.statRejections,
+        ]
+        let text = try String(contentsOfFile: Self.docPath, encoding: .utf8)
+        var documented: [String: UInt32] = [:]
+        for line in text.split(separator: "\n") where line.hasPrefix("| 0x7") {
+            let cells = line.split(separator: "|").map { $0.trimmingCharacters(in: .whitespaces) }
+            guard cells.count >= 2, let offset = UInt32(cells[0].split(separator: " ")[0].dropFirst(2), radix: 16),
+                  let name = cells[1].split(separator: " ").first.map(String.init) else { continue }
+            #expect(documented[name] == nil, "\(name) is documented twice")
+            documented[name] = offset
+            if cells[0].contains("/") {   // lo / hi pairs
+                #expect(cells[0].hasSuffix(String(offset + 4, radix: 16)), "\(name): \(cells[0]) is not a lo/hi pair")
+            }
+        }
+        #expect(Set(documented.keys) == Set(constants.keys))
+        for (name, offset) in constants {
+            #expect(documented[name] == offset, "\(name): VGPURegs 0x\(String(offset, radix: 16)), docs \(documented[name].map { "0x" + String($0, radix: 16) } ?? "missing")")
+        }
+    }
 }
