@@ -19,7 +19,7 @@ extension VGPU {
                    pollfd(fd: doorbells[1].fd, events: Int16(POLLIN), revents: 0)]
         var nextVBlank = ContinuousClock.now + vblankInterval
         while isRunning {
-            let pipeOn = state.withLock { ($0.regs[Reg.pipeConf] ?? 0) & Reg.pipeConfEnable != 0 }
+            let pipeOn = state.withLock { $0.regs[Reg.pipeConf] & Reg.pipeConfEnable != 0 }
             var timeout: Int32 = -1
             if pipeOn {
                 let left = nextVBlank - ContinuousClock.now
@@ -65,7 +65,7 @@ extension VGPU {
     func doorbell(_ e: EngineID, tail: UInt32) {
         let i = e.rawValue
         scanLocks[i].withLock {
-            let job = state.withLock { s -> (start: UInt32, ctl: UInt32, head: UInt32, regs: [UInt32: UInt32], generation: UInt64)? in
+            let job = state.withLock { s -> (start: UInt32, ctl: UInt32, head: UInt32, regs: VGPURegisterFile.Storage, generation: UInt64)? in
                 let es = s.engines[i]
                 guard es.error == 0, es.ctl & Reg.ringCtlEnable != 0, tail != es.scannedTail else { return nil }
                 return (es.start, es.ctl, es.scannedTail, s.regs, es.generation)
@@ -78,7 +78,7 @@ extension VGPU {
             var limits = ScanLimits()
             limits.maxTotalBatchBytes = Int(engineArena(e).bytes - VGPU.shadowRingBytes) - limits.maxBatches * 4096
             let scanner = CommandScanner(slices: slices, limits: limits, commandLoadAllowed: RegisterPolicy.commandLoadAllowed,
-                                         registerRead: { regs[$0] ?? 0 })
+                                         registerRead: { regs[$0] })
             // The copies are read through the guest's own GTT entries: a page whose entry is invalid or was
             // rejected (not guest RAM) is unreadable, so such a ring or batch is refused (reason 12), never
             // run from a scratch page.

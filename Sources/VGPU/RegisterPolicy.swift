@@ -15,33 +15,11 @@ public enum RegisterPolicy: Sendable, Equatable {
     /// Writes are dropped and counted; reads return 0.
     case privileged
 
-    /// The policy of every register the vGPU knows. Offsets missing here are privileged.
+    /// The policy of every register the vGPU knows, from the rows of `VGPURegisterFile`. Offsets missing
+    /// here are privileged.
     public static let table: [UInt32: RegisterPolicy] = {
-        var t: [UInt32: RegisterPolicy] = [Reg.gpuID: .readOnly, Reg.gmSizeMiB: .readOnly, Reg.apertureSizeMiB: .readOnly]
-        for e in EngineID.allCases {
-            t[Reg.ringTail(e)] = .emulated            // the (trapped) doorbell
-            t[Reg.ringHead(e)] = .emulated
-            t[Reg.ringStart(e)] = .gmAddress
-            t[Reg.ringCtl(e)] = .writeMasked(0x1ff001)
-            for r in [Reg.status(e), Reg.errorCode(e), Reg.faultAddressLo(e), Reg.faultAddressHi(e), Reg.errorIPLo(e),
-                      Reg.errorIPHi(e), Reg.commandCount(e), Reg.acthd(e)] { t[r] = .readOnly }
-            t[Reg.reset(e)] = .emulated
-            for i in 0..<Reg.gprDwords { t[Reg.gpr(e, dword: i)] = .commandLoad }
-        }
-        t[Reg.isr] = .readOnly
-        t[Reg.imr] = .emulated
-        t[Reg.iir] = .emulated   // write 1 to clear
-        t[Reg.ier] = .emulated
-        for i in 0..<Reg.scratchDwords { t[Reg.scratch(i)] = .emulated }
-        t[Reg.pipeConf] = .writeMasked(Reg.pipeConfEnable)
-        for r in [Reg.vblankCount, Reg.flipCount, Reg.cursorFlipCount, Reg.displayFaults] { t[r] = .readOnly }
-        t[Reg.curCtl] = .writeMasked(Reg.planeEnable)
-        t[Reg.curBase] = .gmAddress
-        t[Reg.curPos] = .emulated
-        t[Reg.priCtl] = .writeMasked(Reg.planeEnable | (0xf << 26))
-        t[Reg.priStride] = .emulated
-        t[Reg.priSize] = .emulated
-        t[Reg.priSurf] = .gmAddress
+        var t: [UInt32: RegisterPolicy] = [:]
+        for row in VGPURegisterFile.rows { for off in row.offsets { t[off] = row.policy } }
         return t
     }()
 

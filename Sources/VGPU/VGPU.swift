@@ -88,7 +88,8 @@ public final class VGPU: PCIFunction, BusDevice, PausableDevice, @unchecked Send
 
     struct State {
         var engines = [EngineState(), EngineState()]
-        var regs: [UInt32: UInt32] = [:]       // emulated registers without their own field
+        /// Emulated registers without their own field (display, SCRATCH), in the register file's flat storage.
+        var regs = VGPURegisterFile.Storage()
         var isr: UInt32 = 0, imr: UInt32 = 0xffff_ffff, iir: UInt32 = 0, ier: UInt32 = 0
         var sharedPage: UInt64 = 0
         var errStatus: UInt32 = 0, errEngine: UInt32 = 0, errReason: UInt32 = 0, errOpcode: UInt32 = 0
@@ -377,51 +378,10 @@ public final class VGPU: PCIFunction, BusDevice, PausableDevice, @unchecked Send
         case VGPURegs.statBlock: return readStatistic(r)
         default: break
         }
-        let policy = RegisterPolicy.of(r)
-        if policy == .privileged { return 0 }
-        switch r {
-        case Reg.gpuID, Reg.gmSizeMiB, Reg.apertureSizeMiB: return host.gpu.readRegister(r)
-        default: break
-        }
-        return state.withLock { s -> UInt32 in
-            for e in EngineID.allCases {
-                let base = Reg.engineBase(e)
-                guard r >= base && r < base + 0x1000 else { continue }
-                let es = s.engines[e.rawValue]
-                switch r - base {
-                case Reg.ringTailOffset: return es.tail
-                case Reg.ringHeadOffset: return es.head
-                case Reg.ringStartOffset: return es.start
-                case Reg.ringCtlOffset: return es.ctl
-                case Reg.statusOffset:
-                    var v: UInt32 = es.ctl & 1 != 0 ? Reg.statusRingEnabled : 0
-                    if es.busy { v |= Reg.statusBusy }
-                    if es.error != 0 { v |= Reg.statusError }
-                    if !es.busy { v |= Reg.statusIdle }
-                    return v
-                case Reg.errorCodeOffset: return es.error
-                case Reg.faultAddressLoOffset: return lo(es.faultAddress)
-                case Reg.faultAddressHiOffset: return hi(es.faultAddress)
-                case Reg.errorIPLoOffset: return lo(es.errorIP)
-                case Reg.errorIPHiOffset: return hi(es.errorIP)
-                case Reg.commandCountOffset: return es.commandCount
-                case Reg.acthdOffset: return es.acthd
-                case Reg.gprOffset..<(Reg.gprOffset + 4 * Reg.gprDwords): return es.gprs[Int((r - base - Reg.gprOffset) / 4)]
-                default: return 0
-                }
-            }
-            switch r {
-            case Reg.isr: return s.isr | (s.engines[0].error != 0 ? Interrupt.rcsError : 0) | (s.engines[1].error != 0 ? Interrupt.bcsError : 0)
-            case Reg.imr: return s.imr
-            case Reg.iir: return s.iir
-            case Reg.ier: return s.ier
-            case Reg.vblankCount: return s.vblanks
-            case Reg.flipCount: return s.flips
-            case Reg.cursorFlipCount: return s.cursorFlips
-            case Reg.displayFaults: return 0
-            default: return s.regs[r] ?? 0
-            }
-        }
+        guard let (row, element) = VGPURegisterFile.row(at: r), row.policy != .privileged else { return 0 }
+        if row.reset == nil { return host.gpu.readRegister(r) }   // mirrors the physical GPU's configuration
+        let engine = row.engine?.rawValue ?? 0
+        return state.withLock { s in row.read.map { $0(s, engine, element) } ?? s.regs[r] }
     }
 
     func writeRegister(_ r: UInt32, _ value: UInt32) {
@@ -439,13 +399,13 @@ public final class VGPU: PCIFunction, BusDevice, PausableDevice, @unchecked Send
             return   // read-only counters
         default: break
         }
-        let policy = RegisterPolicy.of(r)
-        switch policy {
-        case .privileged:
+        guard let (row, element) = VGPURegisterFile.row(at: r), row.policy != .privileged else {
             privilegedWrites.add(1, ordering: .relaxed)
             log.log(.debug, "privileged register write",
                     "vgpu\(id): dropped write 0x\(String(value, radix: 16)) to privileged register 0x\(String(r, radix: 16))")
             return
+        }
+        switch row.policy {
         case .readOnly:
             return
         case .gmAddress:
@@ -457,55 +417,21 @@ public final class VGPU: PCIFunction, BusDevice, PausableDevice, @unchecked Send
             }
         default: break
         }
-        let masked: UInt32
-        if case .writeMasked(let m) = policy { masked = value & m } else { masked = value }
-
-        var deliver: UInt32 = 0
-        var kick = false
-        var doorbellTail: (EngineID, UInt32)? = nil
-        var resetEngine: EngineID? = nil
-        state.withLock { s in
-            for e in EngineID.allCases {
-                let base = Reg.engineBase(e)
-                guard r >= base && r < base + 0x1000 else { continue }
-                let i = e.rawValue
-                switch r - base {
-                case Reg.ringTailOffset:
-                    s.engines[i].tail = masked
-                    doorbellTail = (e, masked)
-                case Reg.ringHeadOffset:
-                    if !s.engines[i].busy { s.engines[i].head = masked & ~3; s.engines[i].scannedTail = masked & ~3 }
-                case Reg.ringStartOffset: s.engines[i].start = masked
-                case Reg.ringCtlOffset: s.engines[i].ctl = masked
-                case Reg.resetOffset:
-                    if masked & 1 != 0 { resetEngine = e }   // done below, without the state lock
-                case Reg.gprOffset..<(Reg.gprOffset + 4 * Reg.gprDwords):
-                    s.engines[i].gprs[Int((r - base - Reg.gprOffset) / 4)] = masked
-                default: break
-                }
-                return
-            }
-            switch r {
-            case Reg.pipeConf: s.regs[r] = masked; kick = true          // the mediator starts or stops vblanks
-            case Reg.priSurf: s.regs[r] = masked; s.armedFlips |= Interrupt.flipDone
-            case Reg.curBase: s.regs[r] = masked; s.armedFlips |= Interrupt.cursorFlipDone
-            case Reg.imr: s.imr = masked
-            case Reg.iir: s.iir &= ~masked; s.isr &= ~masked   // pulse latches clear with IIR (softgpu.md 4.3)
-            case Reg.ier:
-                let before = s.iir & s.ier
-                s.ier = masked
-                deliver = (s.iir & s.ier) & ~before
-            default: s.regs[r] = masked
-            }
+        let masked = value & row.writableMask
+        let engine = row.engine?.rawValue ?? 0
+        let fx = state.withLock { s -> VGPURegisterFile.WriteEffects in
+            var fx = VGPURegisterFile.WriteEffects()
+            if let write = row.write { write(&s, engine, element, masked, &fx) } else { s.regs[r] = masked }
+            return fx
         }
         // A trapped TAIL write is copied and scanned here, on the vCPU thread, before the guest runs on:
         // whatever the guest changes after this doorbell cannot affect the submission.
-        if let (e, tail) = doorbellTail { doorbell(e, tail: tail) }
+        if let tail = fx.doorbellTail, let e = row.engine { doorbell(e, tail: tail) }
         // RESET returns to the guest only once the engine has stopped this vGPU's work.
-        if let e = resetEngine { abortEngineWork(e) }
-        if kick { control.signal() }
-        if deliver != 0 { signalInterrupt() }
-        if r == Reg.iir || r == Reg.ier { updateINTx() }
+        if fx.resetEngine, let e = row.engine { abortEngineWork(e) }
+        if fx.kickMediator { control.signal() }
+        if fx.deliver != 0 { signalInterrupt() }
+        if fx.updateINTx { updateINTx() }
     }
 
     func readErrorBlock(_ r: UInt32) -> UInt32 {

@@ -9,9 +9,9 @@ extension VGPU {
     /// logic, reading nothing outside the vGPU's slices. An empty image when the primary plane is off.
     public func scanout() -> Image {
         let planes = state.withLock { s in
-            DisplayEngine.Planes(priCtl: s.regs[Reg.priCtl] ?? 0, priStride: s.regs[Reg.priStride] ?? 0,
-                                 priSize: s.regs[Reg.priSize] ?? 0, priSurf: s.regs[Reg.priSurf] ?? 0,
-                                 curCtl: s.regs[Reg.curCtl] ?? 0, curBase: s.regs[Reg.curBase] ?? 0, curPos: s.regs[Reg.curPos] ?? 0)
+            DisplayEngine.Planes(priCtl: s.regs[Reg.priCtl], priStride: s.regs[Reg.priStride],
+                                 priSize: s.regs[Reg.priSize], priSurf: s.regs[Reg.priSurf],
+                                 curCtl: s.regs[Reg.curCtl], curBase: s.regs[Reg.curBase], curPos: s.regs[Reg.curPos])
         }
         guard planes.priCtl & Reg.planeEnable != 0 else { return Image(width: 0, height: 0, pixels: []) }
         let slices = self.slices
