@@ -7,15 +7,20 @@ import Testing
 /// bring the old TAIL back (found by a CI run: the vgpu_stop guest read TAIL 0x80 after RESET).
 @Suite("vGPU: stale PV doorbells")
 struct StaleDoorbellTests {
-    @Test func doorbellHandledAfterResetLeavesTheRingAlone() throws {
+    /// A vGPU with an enabled RCS ring and a PV shared page holding `sharedTail` as the RCS tail.
+    static func rig(sharedTail: UInt32) throws -> Rig {
         let rig = try Rig()
-        let s = rig.vgpu.slices
-        _ = rig.setUpRing(.rcs, gm: s.aperture.lowerBound)
+        _ = rig.setUpRing(.rcs, gm: rig.vgpu.slices.aperture.lowerBound)
         let page = rig.nextPage
         rig.nextPage += 4096
-        try rig.context.memory.write(UInt32(0x80), at: page)      // RCS tail in the shared page
+        try rig.context.memory.write(sharedTail, at: page)
         rig.w32(VGPURegs.pvSharedPage, UInt32(truncatingIfNeeded: page))
         rig.w32(VGPURegs.pvSharedPage + 4, UInt32(truncatingIfNeeded: page >> 32))
+        return rig
+    }
+
+    @Test func doorbellHandledAfterResetLeavesTheRingAlone() throws {
+        let rig = try Self.rig(sharedTail: 0x80)
         rig.w32(Reg.reset(.rcs), 1)
         // The mediator thread handles the doorbell late, as it does when the host is busy.
         rig.vgpu.fastDoorbell(.rcs)
@@ -25,14 +30,7 @@ struct StaleDoorbellTests {
     }
 
     @Test func doorbellOnAnEnabledRingStillSetsTheTail() throws {
-        let rig = try Rig()
-        let s = rig.vgpu.slices
-        _ = rig.setUpRing(.rcs, gm: s.aperture.lowerBound)
-        let page = rig.nextPage
-        rig.nextPage += 4096
-        try rig.context.memory.write(UInt32(0x10), at: page)
-        rig.w32(VGPURegs.pvSharedPage, UInt32(truncatingIfNeeded: page))
-        rig.w32(VGPURegs.pvSharedPage + 4, UInt32(truncatingIfNeeded: page >> 32))
+        let rig = try Self.rig(sharedTail: 0x10)
         rig.vgpu.fastDoorbell(.rcs)
         #expect(rig.r32(Reg.ringTail(.rcs)) == 0x10)
     }
