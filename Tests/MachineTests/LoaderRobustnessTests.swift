@@ -1,3 +1,4 @@
+import TestSupport
 import Glibc
 import Testing
 @testable import Machine
@@ -77,7 +78,7 @@ struct LoaderRobustnessTests {
     /// Deterministic mutations of valid images (ELF64, ELF32 multiboot, a.out kludge): bytes flipped,
     /// header fields set to edge values, files cut short. None may trap; each loads or throws ImageError.
     @Test func mutatedImagesLoadOrFailCleanly() throws {
-        var rng = SplitMix(state: 0x10AD)
+        var rng = SplitMix64(state: 0x10AD)
         var elf32 = ELFBuilder(entry: 0x100000, segments: [.init(paddr: 0x100000, data: code), .init(paddr: 0x101000, data: code, memsz: 64)])
         elf32.is64 = false; elf32.machine = 3; elf32.prefix = multibootHeader(flags: 0x3)
         let seeds: [[UInt8]] = [
@@ -118,15 +119,3 @@ struct LoaderRobustnessTests {
     }
 }
 
-/// SplitMix64, for deterministic mutations.
-struct SplitMix {
-    var state: UInt64
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-    mutating func below(_ n: Int) -> Int { Int(next() % UInt64(n)) }
-}

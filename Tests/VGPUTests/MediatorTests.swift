@@ -333,7 +333,7 @@ struct MediatorTests {
         // A deterministic storm of BAR0 and configuration-space accesses of every size, biased toward the
         // registers that do something; afterwards the device still answers and still runs a submission.
         let rig = try Rig()
-        var rng = SystemRandomNumberGenerator64(seed: 0x5eed)
+        var rng = SplitMix64(seed: 0x5eed)
         let interesting: [UInt32] = [Reg.ringTail(.rcs), Reg.ringHead(.rcs), Reg.ringStart(.rcs), Reg.ringCtl(.rcs),
                                      Reg.reset(.rcs), Reg.ringTail(.bcs), Reg.ringCtl(.bcs), Reg.reset(.bcs), Reg.iir,
                                      Reg.ier, Reg.imr, Reg.pipeConf, Reg.priSurf, Reg.priSize, Reg.priCtl,
@@ -409,14 +409,3 @@ struct MediatorTests {
 }
 
 /// A small deterministic generator (splitmix64) for reproducible random tests.
-struct SystemRandomNumberGenerator64: RandomNumberGenerator {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9e37_79b9_7f4a_7c15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xbf58_476d_1ce4_e5b9
-        z = (z ^ (z >> 27)) &* 0x94d0_49bb_1331_11eb
-        return z ^ (z >> 31)
-    }
-}

@@ -1,3 +1,4 @@
+import TestSupport
 import Testing
 import SoftGPU
 import VGPU
@@ -699,16 +700,6 @@ fileprivate extension CommandScannerTests {
 
 // MARK: - Fuzzing
 
-fileprivate struct SplitMix64: RandomNumberGenerator {
-    var state: UInt64
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}
 
 /// Generates mostly plausible command streams (valid commands, addresses mostly in the slices, batch
 /// starts to known batches), so that fuzzing reaches deep into the scanner, plus random dwords.
