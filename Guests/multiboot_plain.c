@@ -32,8 +32,8 @@ static void check_string(const char *what, uint32_t s) {
         fail(what);
 }
 
-int mbp_main(uint32_t magic, const struct multiboot_info *mbi);
-int mbp_main(uint32_t magic, const struct multiboot_info *mbi) {
+int mb_main(uint32_t magic, const struct multiboot_info *mbi);
+int mb_main(uint32_t magic, const struct multiboot_info *mbi) {
     if (magic != MULTIBOOT_BOOTLOADER_MAGIC) {
         mv_printf("multiboot-plain FAIL: EAX = 0x%08x\n", magic);
         return 1;

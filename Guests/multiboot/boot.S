@@ -11,7 +11,13 @@
 #define MB_FLAGS 0x00000003
 #endif
 
+#ifdef MB_PLAIN
+    /* Linked with plain `ld -Ttext=0x100000` (no linker script): the header is the first thing in .text,
+       at file offset 0x1000, inside the first 8 KiB. */
+    .text
+#else
     .section .multiboot, "a"
+#endif
     .balign 4
     .globl mb_header
 mb_header:
@@ -29,8 +35,10 @@ mb_header:
     .section .rodata
     .globl mb_variant
 mb_variant:
-#ifdef MB_AOUT
+#if defined(MB_AOUT)
     .asciz  "a.out-kludge"
+#elif defined(MB_PLAIN)
+    .asciz  "plain ld"
 #else
     .asciz  "ELF"
 #endif
