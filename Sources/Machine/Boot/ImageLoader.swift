@@ -160,7 +160,7 @@ public enum ImageLoader {
         // MARK: ELF64 (minivisor protocol): fixed low-memory structures
 
         func loadELF64(_ elf: ELFImage, _ source: ImageSource) throws(ImageError) -> BootPlan {
-            var ranges = GuestRanges()
+            var ranges = AddressRanges()
             for s in BootLayout.longModeStructures(pageTableGiB: BootStructures.pageTableGiB(memory)) {
                 ranges.claim(s.start, s.end, s.what)
             }
@@ -183,7 +183,7 @@ public enum ImageLoader {
 
         func loadMultiboot(segments: [LoadSegment], entry: UInt64, _ source: ImageSource) throws(ImageError) -> BootPlan {
             for m in modules where m.string.utf8.contains(0) { throw .nulInText("the string of module \(quoted(m.path))") }
-            var ranges = GuestRanges()
+            var ranges = AddressRanges()
             ranges.claim(0, BootLayout.firstPageEnd, "real-mode IVT, BIOS data area and boot GDT")
             try claimSegments(segments, entry: entry, name: source.name, in: &ranges)
             let mp = try placeMPTable(name: source.name, in: &ranges)
@@ -229,7 +229,7 @@ public enum ImageLoader {
 
         /// Checks every segment lies in RAM and on no claimed range (boot structures, other segments), and
         /// that the entry point is inside one; then claims them. Nothing is written yet.
-        func claimSegments(_ segments: [LoadSegment], entry: UInt64, name: String, in ranges: inout GuestRanges) throws(ImageError) {
+        func claimSegments(_ segments: [LoadSegment], entry: UInt64, name: String, in ranges: inout AddressRanges) throws(ImageError) {
             guard !segments.isEmpty else { throw .noLoadableSegments(name) }
             for s in segments {
                 guard memory.contains(s.physicalAddress, length: s.memorySize) else {
@@ -250,7 +250,7 @@ public enum ImageLoader {
         }
 
         /// The MP table goes at 0x9fc00 unless the image is there, else in 0xf0000-0xfffff; claims it.
-        func placeMPTable(name: String, in ranges: inout GuestRanges) throws(ImageError) -> UInt64 {
+        func placeMPTable(name: String, in ranges: inout AddressRanges) throws(ImageError) -> UInt64 {
             let size = BootStructures.mpTableMaximumSize(cpuCount: cpuCount)
             let preferred = BootLayout.mpTable
             let address: UInt64

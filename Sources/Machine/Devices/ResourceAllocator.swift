@@ -42,8 +42,8 @@ public final class ResourceAllocator: Sendable {
     private struct State {
         var pciDevices: Set<Int> = []
         var gsis: Set<UInt32> = []
-        var mmio: [Range<UInt64>] = []    // sorted by lower bound
-        var ports: [Range<UInt64>] = []
+        var mmio = AddressRanges()
+        var ports = AddressRanges()
         var memorySlots: Set<UInt32> = []
     }
     private let state = Mutex(State())
@@ -112,7 +112,7 @@ public final class ResourceAllocator: Sendable {
         }
     }
     /// Returns the MMIO range that starts at `base`.
-    public func releaseMMIO(base: UInt64) { state.withLock { s in s.mmio.removeAll { $0.lowerBound == base } } }
+    public func releaseMMIO(base: UInt64) { state.withLock { $0.mmio.release(start: base) } }
 
     /// `size` ports (a power of two) of the PCI port window, aligned to `size`.
     public func allocatePorts(size: UInt64) throws(ResourceError) -> UInt64 {
@@ -120,27 +120,18 @@ public final class ResourceAllocator: Sendable {
             try Self.fit(&s.ports, window: portWindow, size: size, resource: "PCI port range")
         }
     }
-    public func releasePorts(base: UInt64) { state.withLock { s in s.ports.removeAll { $0.lowerBound == base } } }
+    public func releasePorts(base: UInt64) { state.withLock { $0.ports.release(start: base) } }
 
     /// The MMIO ranges handed out, sorted.
-    public var mmioAllocations: [Range<UInt64>] { state.withLock { $0.mmio } }
+    public var mmioAllocations: [Range<UInt64>] { state.withLock { $0.mmio.claims.map { $0.start..<$0.end } } }
 
-    private static func fit(_ used: inout [Range<UInt64>], window: Range<UInt64>, size: UInt64,
+    private static func fit(_ used: inout AddressRanges, window: Range<UInt64>, size: UInt64,
                             resource: String) throws(ResourceError) -> UInt64 {
         guard size > 0, size.nonzeroBitCount == 1 else { throw .badSize(resource: resource, size: size) }
-        guard size <= window.upperBound - window.lowerBound else {
+        guard let base = used.place(size: size, align: size, from: window.lowerBound, in: [window]) else {
             throw .exhausted(resource: "\(resource) of \(size) bytes", pool: hexPool(window))
         }
-        var candidate = (window.lowerBound + size - 1) & ~(size - 1)
-        for r in used {   // sorted: skip past every range the candidate overlaps
-            if candidate + size <= r.lowerBound { break }
-            if r.upperBound > candidate { candidate = (r.upperBound + size - 1) & ~(size - 1) }
-        }
-        guard candidate >= window.lowerBound, candidate <= window.upperBound, size <= window.upperBound - candidate else {
-            throw .exhausted(resource: "\(resource) of \(size) bytes", pool: hexPool(window))
-        }
-        let range = candidate..<(candidate + size)
-        used.insert(range, at: used.firstIndex { $0.lowerBound > candidate } ?? used.count)
-        return candidate
+        used.claim(base, base + size, resource)
+        return base
     }
 }

@@ -1,7 +1,8 @@
-/// Guest-physical ranges already claimed while a guest is loaded (image segments, modules, boot
-/// structures), and first-fit placement of new ranges in what is left of a set of areas. All arithmetic
-/// is overflow-checked: any input gives an answer or nil, never a trap.
-struct GuestRanges {
+/// Address ranges already claimed, and first-fit, aligned placement of new ranges in what is left of a set
+/// of areas. The loaders use it for guest-physical memory (image segments, modules, boot structures), the
+/// `ResourceAllocator` for the PCI MMIO and port windows. All arithmetic is overflow-checked: any input
+/// gives an answer or nil, never a trap.
+struct AddressRanges {
     struct Claim: Equatable {
         let start: UInt64
         let end: UInt64
@@ -23,6 +24,9 @@ struct GuestRanges {
         let i = claims.firstIndex { $0.start > start } ?? claims.endIndex
         claims.insert(Claim(start: start, end: end, what: what), at: i)
     }
+
+    /// Gives back the claim that starts at `start`.
+    mutating func release(start: UInt64) { claims.removeAll { $0.start == start } }
 
     /// The lowest `align`-aligned address at or above `from`, inside one of `areas`, where `size` bytes
     /// are unclaimed; nil when there is none. `align` is a power of two.
