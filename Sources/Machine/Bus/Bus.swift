@@ -57,14 +57,7 @@ public final class Bus: Sendable {
 
     /// Adds `device` for [base, base+size). Throws when the range is empty or overlaps another device.
     public func register(_ device: any BusDevice, base: UInt64, size: UInt64, name: String) throws(BusError) {
-        guard size > 0, base &+ size > base else { throw .emptyRange(name: name) }
-        try entries.withLock { (list: inout [Entry]) throws(BusError) in
-            for e in list where base < e.end && e.base < base + size {
-                throw BusError.overlap(name: name, base: base, size: size, existing: "\(e.name) at 0x\(String(e.base, radix: 16))+0x\(String(e.size, radix: 16))")
-            }
-            let idx = list.firstIndex { $0.base > base } ?? list.count
-            list.insert(Entry(base: base, size: size, name: name, device: device), at: idx)
-        }
+        try move(device, from: nil, to: base, size: size, name: name)
     }
 
     /// Removes the device registered at exactly `base`; returns whether one was.

@@ -160,9 +160,8 @@ public final class MSIXTable: Sendable {
     public final class PBAWindow: BusDevice, @unchecked Sendable {
         fileprivate weak var table: MSIXTable?
         public func read(offset: UInt64, data: UnsafeMutableRawBufferPointer) {
-            data.storeLittleEndian(readPBA(offset, data.count))
+            data.storeLittleEndian(table?.readPBA(offset: offset, size: data.count) ?? .max)
         }
-        private func readPBA(_ offset: UInt64, _ size: Int) -> UInt64 { table?.readPBA(offset: offset, size: size) ?? .max }
         public func write(offset: UInt64, data: UnsafeRawBufferPointer) {}
     }
 }

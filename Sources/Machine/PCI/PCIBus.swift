@@ -143,12 +143,11 @@ public final class PCIBus: BusDevice {
         var mmio: [UInt64] = [], ports: [UInt64] = []
         var gsi: UInt32? = nil
         do {
-            for index in 0..<6 {
-                guard let bar = fn.config.bar(index), bar.index == index else { continue }
+            for bar in fn.config.declaredBars {
                 let base: UInt64
                 if bar.kind == .io { base = try resources.allocatePorts(size: bar.size); ports.append(base) }
                 else { base = try resources.allocateMMIO(size: bar.size); mmio.append(base) }
-                fn.config.setBarAddress(index, base)
+                fn.config.setBarAddress(bar.index, base)
             }
             let pin = Int(fn.config.read(offset: 0x3d, size: 1))
             if (1...4).contains(pin) {
@@ -232,8 +231,8 @@ public final class PCIBus: BusDevice {
     private func placeBARs(_ s: Slot, _ placed: inout [Int: UInt64]) {
         guard let platform else { return }
         let command = s.function.config.command
-        for index in 0..<6 {
-            guard let bar = s.function.config.bar(index), bar.index == index else { continue }
+        for bar in s.function.config.declaredBars {
+            let index = bar.index
             let regions = regions(s.function, index)
             guard !regions.isEmpty else { continue }
             let io = bar.kind == .io

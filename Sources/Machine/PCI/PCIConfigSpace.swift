@@ -143,6 +143,9 @@ public final class PCIConfigSpace: Sendable {
 
     public func bar(_ index: Int) -> PCIBar? { state.withLock { index < 6 ? $0.bars[index] : nil } }
 
+    /// The BARs the device declared, by index (a 64-bit BAR once, at its first slot).
+    public var declaredBars: [PCIBar] { state.withLock { $0.bars.compactMap { $0 } } }
+
     /// Sets a BAR's address directly (the VMM's own initial placement, like firmware would).
     public func setBarAddress(_ index: Int, _ address: UInt64) {
         state.withLock { s in
