@@ -96,6 +96,53 @@ struct GDBStubTests {
         #expect(status == 85, "\(vmOut)")
     }
 
+    /// Packets come from the network: out-of-range offsets and lengths, a breakpoint without a kind and
+    /// an endless packet are refused, and the stub keeps answering.
+    @Test func malformedPacketsAreRefused() throws {
+        let image = try Support.guest("debugme")
+        let port = Self.freePort()
+        let vmOutput = Support.tempPath("gdb-raw-\(port).txt")
+        defer { unlink(vmOutput) }
+        let vm = Support.spawnShell("\(Support.minivisor) run \(image) --gdb \(port) --gdb-wait --timeout 120 > \(vmOutput) 2>&1")
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        var addr = sockaddr_in()
+        addr.sin_family = sa_family_t(AF_INET)
+        addr.sin_port = in_port_t(UInt16(port).bigEndian)
+        addr.sin_addr.s_addr = UInt32(0x7f00_0001).bigEndian
+        var connected = false
+        for _ in 0..<50 where !connected {
+            connected = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                connect(fd, $0, socklen_t(Swift.MemoryLayout<sockaddr_in>.size)) == 0 } }
+            if !connected { usleep(100_000) }
+        }
+        #expect(connected)
+        let packets = [
+            "qXfer:features:read:target.xml:-1,10",
+            "qXfer:features:read:target.xml:1,7fffffffffffffff",
+            "qXfer:features:read:target.xml:7fffffffffffffff,7fffffffffffffff",
+            "Z0,0,;",
+            "m0,-1",
+        ]
+        // The stub does not check checksums; "00" stands for any. Then a "packet" without an end, longer
+        // than the announced PacketSize, which the stub drops.
+        let wire = packets.map { "$\($0)#00" }.joined() + "$" + String(repeating: "x", count: 0xc000) + "$?#00$k#00"
+        _ = wire.utf8CString.withUnsafeBufferPointer { write(fd, $0.baseAddress, $0.count - 1) }
+        var received: [UInt8] = []
+        var buf = [UInt8](repeating: 0, count: 4096)
+        while true {
+            let n = read(fd, &buf, buf.count)
+            if n <= 0 { break }
+            received += buf[0..<n]
+        }
+        close(fd)
+        let out = String(decoding: received, as: UTF8.self)
+        let status = Support.waitFor(vm)
+        #expect(out.contains("$E01#"), "\(out)")
+        #expect(out.contains("$l#"), "past the end: \(out)")
+        #expect(out.contains("$T05thread:01;"), "the stub still answers `?`: \(out)")
+        #expect(status < 128, "not killed by a signal: \(Support.readFile(vmOutput))")
+    }
+
     @Test func multibootGuestGetsThe32BitView() throws {
         let (_, vmOut, gdbStatus, gdb) = try Self.debug("multiboot", ["info registers eip", "x/i $pc", "kill"])
         #expect(gdbStatus == 0, "\(gdb)")

@@ -187,7 +187,11 @@ public final class GDBStub: @unchecked Sendable {
         while let first = s.input.first, first != UInt8(ascii: "$"), first != 3 { s.input.removeFirst() }
         guard let first = s.input.first else { return nil }
         if first == 3 { s.input.removeFirst(); return "\u{3}" }
-        guard let hash = s.input.firstIndex(of: UInt8(ascii: "#")), s.input.count >= hash + 3 else { return nil }
+        guard let hash = s.input.firstIndex(of: UInt8(ascii: "#")), s.input.count >= hash + 3 else {
+            // Far longer than the PacketSize announced in qSupported: not a packet, drop it.
+            if s.input.count > 2 * 0x4000 { s.input.removeAll() }
+            return nil
+        }
         let body = Array(s.input[1..<hash])
         s.input.removeFirst(hash + 3)
         if !s.noAck { _ = write(s.fd, "+", 1) }
@@ -245,10 +249,10 @@ public final class GDBStub: @unchecked Sendable {
         if p == "QStartNoAckMode" { reply("OK"); s.noAck = true; return true }
         if p.hasPrefix("qXfer:features:read:target.xml:") {
             let range = p.dropFirst("qXfer:features:read:target.xml:".count).split(separator: ",")
-            guard range.count == 2, let off = Int(range[0], radix: 16), let len = Int(range[1], radix: 16) else { reply("E01"); return true }
+            guard range.count == 2, let off = Int(range[0], radix: 16), let len = Int(range[1], radix: 16), off >= 0, len >= 0 else { reply("E01"); return true }
             let xml = Array(view.targetXML.utf8)
-            let chunk = off < xml.count ? Array(xml[off..<min(xml.count, off + len)]) : []
-            reply((off + chunk.count >= xml.count ? "l" : "m") + String(decoding: chunk, as: UTF8.self))
+            let chunk = Array(xml.dropFirst(off).prefix(len))   // off and len come from the client: any size
+            reply((off >= xml.count || off + chunk.count == xml.count ? "l" : "m") + String(decoding: chunk, as: UTF8.self))
             return true
         }
         if p == "qfThreadInfo" { reply("m" + (1...machine.vcpuCount).map { String($0, radix: 16) }.joined(separator: ",")); return true }
@@ -303,7 +307,7 @@ public final class GDBStub: @unchecked Sendable {
         }
         if p.hasPrefix("m") {
             let parts = p.dropFirst().split(separator: ",")
-            guard parts.count == 2, let a = UInt64(parts[0], radix: 16), let n = Int(parts[1], radix: 16) else { reply("E01"); return true }
+            guard parts.count == 2, let a = UInt64(parts[0], radix: 16), let n = Int(parts[1], radix: 16), n >= 0 else { reply("E01"); return true }
             let bytes = readGuest(cpu, a, min(n, 0x2000))
             reply(bytes.isEmpty && n > 0 ? "E14" : hex(bytes))
             return true
@@ -324,7 +328,7 @@ public final class GDBStub: @unchecked Sendable {
             // Step the thread named with s (the others stay stopped), else continue all.
             let actions = p.dropFirst(6).split(separator: ";")
             if let step = actions.first(where: { $0.hasPrefix("s") || $0.hasPrefix("S") }) {
-                let id = step.split(separator: ":").dropFirst().first.flatMap { Int($0.split(separator: ".").last!, radix: 16) }
+                let id = step.split(separator: ":").dropFirst().first?.split(separator: ".").last.flatMap { Int($0, radix: 16) }
                 resume(&s, step: id.map { $0 - 1 } ?? cpu)
             } else {
                 resume(&s, step: nil)
@@ -376,7 +380,7 @@ public final class GDBStub: @unchecked Sendable {
     private func breakpoint(_ p: String, _ s: inout Session) -> String {
         let insert = p.first == "Z"
         let f = p.dropFirst().split(separator: ",")
-        guard f.count >= 3, let type = Int(f[0]), let address = UInt64(f[1], radix: 16), let kind = Int(f[2].split(separator: ";")[0], radix: 16) else { return "E01" }
+        guard f.count >= 3, let type = Int(f[0]), let address = UInt64(f[1], radix: 16), let kind = Int(f[2].prefix { $0 != ";" }, radix: 16) else { return "E01" }
         switch type {
         case 0:
             if insert {

@@ -375,41 +375,39 @@ public final class Machine: MachineControl, DeviceContext, @unchecked Sendable {
         }
     }
 
-    private func requirePaused(_ op: String) throws {
+    /// `command(index, cmd)` for the operations that need the VM paused (`op` names one in the error).
+    @discardableResult
+    private func commandWhilePaused(_ op: String, _ index: Int, _ cmd: VCPUCommand) throws -> VCPUResponse {
         let s = runState
         guard s == .paused else { throw LifecycleError.wrongState(operation: op, state: s) }
+        return try command(index, cmd)
     }
 
     /// The full architectural state of paused vCPU `index`.
     public func vcpuState(_ index: Int) throws -> VCPUState {
-        try requirePaused("read the vCPU state of")
-        guard case .state(let s) = try command(index, .getState) else { throw LifecycleError.vcpu(index, "no state returned") }
+        guard case .state(let s) = try commandWhilePaused("read the vCPU state of", index, .getState) else { throw LifecycleError.vcpu(index, "no state returned") }
         return s
     }
 
     /// Writes the state of paused vCPU `index`; it continues from there on `resume()`.
     public func setVCPUState(_ index: Int, _ newState: VCPUState) throws {
-        try requirePaused("write the vCPU state of")
-        _ = try command(index, .setState(newState))
+        try commandWhilePaused("write the vCPU state of", index, .setState(newState))
     }
 
     /// The general-purpose registers of paused vCPU `index` (a cheaper `vcpuState(_:).registers`).
     public func registers(_ index: Int) throws -> kvm_regs {
-        try requirePaused("read the registers of")
-        guard case .registers(let r) = try command(index, .getRegisters) else { throw LifecycleError.vcpu(index, "no registers returned") }
+        guard case .registers(let r) = try commandWhilePaused("read the registers of", index, .getRegisters) else { throw LifecycleError.vcpu(index, "no registers returned") }
         return r
     }
 
     /// Writes the general-purpose registers of paused vCPU `index`.
     public func setRegisters(_ index: Int, _ regs: kvm_regs) throws {
-        try requirePaused("write the registers of")
-        _ = try command(index, .setRegisters(regs))
+        try commandWhilePaused("write the registers of", index, .setRegisters(regs))
     }
 
     /// Guest-virtual to guest-physical with vCPU `index`'s page tables (nil: not mapped). Paused VMs only.
     public func translate(_ index: Int, _ linear: UInt64) throws -> UInt64? {
-        try requirePaused("translate addresses of")
-        guard case .address(let a) = try command(index, .translate(linear)) else { return nil }
+        guard case .address(let a) = try commandWhilePaused("translate addresses of", index, .translate(linear)) else { return nil }
         return a
     }
 
@@ -454,15 +452,13 @@ public final class Machine: MachineControl, DeviceContext, @unchecked Sendable {
 
     /// Sets guest debugging (hardware breakpoints, watchpoints, #BP interception) on paused vCPU `index`.
     public func setGuestDebug(_ index: Int, _ debug: KVMVCPU.GuestDebug) throws {
-        try requirePaused("set guest debugging on")
-        _ = try command(index, .setGuestDebug(debug))
+        try commandWhilePaused("set guest debugging on", index, .setGuestDebug(debug))
     }
 
     /// Runs paused vCPU `index` for one instruction while the others stay paused; the stop arrives at
     /// the debug handler (`DebugStop.stopped(cpu:, reason: .step)`), or another stop comes first.
     public func step(_ index: Int) throws {
-        try requirePaused("single-step")
-        _ = try command(index, .step)
+        try commandWhilePaused("single-step", index, .step)
     }
 }
 
