@@ -34,7 +34,8 @@ import Synchronization
 /// - each engine's `generation` (in `state`) counts its RESETs: a scan or pass that began before a RESET
 ///   sees a different generation when it ends and leaves no trace (no queue entry, HEAD, error or interrupt);
 /// - interrupts are injected (the context's MSI or IRQ line) from whichever thread raised them, after the
-///   state lock is dropped.
+///   state lock is dropped; INTA# is driven under `intxLevel`, a serialising lock held across reading the
+///   state (briefly) and the IRQ-line call, so the line always follows the latest state.
 public final class VGPU: PCIFunction, BusDevice, PausableDevice, @unchecked Sendable {
     public static let vendorID: UInt16 = 0x4d56
     public static let deviceID: UInt16 = 0x0001
@@ -139,7 +140,7 @@ public final class VGPU: PCIFunction, BusDevice, PausableDevice, @unchecked Send
     // Doorbells and the mediator thread.
     /// The IOAPIC input INTA# is routed to (nil: no route left), and whether it is currently asserted.
     private(set) var intxGSI: UInt32? = nil
-    let intxLevel = Mutex<Bool>(false)
+    let intxLevel = Mutex<Bool>(false)   // INTA# asserted; see `updateINTx`
     let control: EventFD
     let doorbells: [EventFD]
     /// Wakes an engine's executor thread (blocking eventfds).
@@ -503,10 +504,17 @@ public final class VGPU: PCIFunction, BusDevice, PausableDevice, @unchecked Send
     /// Drives INTA# to its current level (only while MSI is off).
     func updateINTx() {
         guard let gsi = intxGSI else { return }
-        let pending = state.withLock { $0.iir & $0.ier != 0 }
-        let level = pending && config.msiMessage == nil && config.command & PCIConfigSpace.commandINTxDisable == 0
-        let changed = intxLevel.withLock { l -> Bool in defer { l = level }; return l != level }
-        if changed { try? context?.setIRQLine(gsi, level: level) }
+        // Reading the state, deciding and driving the line happen under `intxLevel`, a serialising lock:
+        // otherwise a vCPU clearing IIR and an executor raising it could drive the line in the opposite
+        // order to the states they read, leaving INTA# asserted with nothing pending (or the reverse).
+        // Lock order: `intxLevel`, then `state` briefly; nothing takes them the other way round.
+        intxLevel.withLock { asserted in
+            let pending = state.withLock { $0.iir & $0.ier != 0 }
+            let level = pending && config.msiMessage == nil && config.command & PCIConfigSpace.commandINTxDisable == 0
+            guard level != asserted else { return }
+            asserted = level
+            try? context?.setIRQLine(gsi, level: level)
+        }
     }
 
     // MARK: statistics
