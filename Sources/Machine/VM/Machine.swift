@@ -256,6 +256,9 @@ public final class Machine: MachineControl, DeviceContext, @unchecked Sendable {
             let reader = StdinReader(serial: serial) { [unowned self] in self.enterSeccomp(.device, thread: "serial-stdin") }
             state.withLock { $0.stdinReader = reader }
         }
+        // A timeout that has run out before the start (zero or negative) ends the VM before its first
+        // instruction, not in a race between the monitor's first look at the clock and the guest's end.
+        if let t = configuration.timeout, t <= .zero { requestStop(.timeout) }
         for (i, c) in vcpus.enumerated() {
             let ok = c.start(name: "vcpu\(i)", paused: paused) { [unowned self] in self.vcpuLoop(c) }
             if !ok { requestStop(.hostError("cannot create the thread for vCPU \(i)")) }
