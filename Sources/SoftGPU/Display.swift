@@ -20,40 +20,26 @@ public struct Image: Sendable, Equatable {
     public subscript(x: Int, y: Int) -> UInt32 { pixels[y * width + x] }
 }
 
-/// The display engine: one pipe with a primary plane (XRGB8888) and a 64x64 ARGB8888 cursor.
+/// The display engine: one pipe (`DisplayPipe`: planes, flips, vblank counter) with a primary plane
+/// (XRGB8888) and a 64x64 ARGB8888 cursor, and the pipe's vblank timer.
 ///
 /// - Plane registers take effect immediately for `scanout()`. A write of PRI_SURF (register or
 ///   LOAD_REGISTER_IMM) or a DISPLAY_FLIP of the primary plane arms a flip; the next vblank completes
-///   it (FLIP_COUNT + 1, FLIP_DONE interrupt). Same for CUR_BASE / cursor flips (CURSOR_FLIP_DONE).
+///   it (FLIP_COUNT + 1, FLIP_DONE interrupt), or at once while PIPE_CONF is off. Same for CUR_BASE /
+///   cursor flips (CURSOR_FLIP_DONE).
 /// - Vblanks come from `tickVBlank()` or, when a refresh rate is configured, from a timer thread that
 ///   ticks while PIPE_CONF bit 31 is set.
 ///
-/// Thread-safety: plane state is behind a Mutex; any thread may write registers, flip, tick or scan out.
+/// Threads and ownership: the pipe is behind one Mutex (`state`), never held while raising interrupts;
+/// any thread may write registers, flip, tick or scan out; the timer thread (if any) is joined by `stop()`.
 public final class DisplayEngine: @unchecked Sendable {
-    struct State {
-        var pipeConf: UInt32 = 0
-        var priCtl: UInt32 = 0
-        var priStride: UInt32 = 0
-        var priSize: UInt32 = 0
-        var priSurf: UInt32 = 0
-        var curCtl: UInt32 = 0
-        var curBase: UInt32 = 0
-        var curPos: UInt32 = 0
-        var vblankCount: UInt32 = 0
-        var flipCount: UInt32 = 0
-        var cursorFlipCount: UInt32 = 0
-        var faults: UInt32 = 0
-        var primaryFlipPending = false
-        var cursorFlipPending = false
-    }
-
-    public enum Plane: UInt32, Sendable { case primary = 0, cursor = 1 }
+    public typealias Plane = DisplayPipe.Plane
 
     /// Largest width or height scanned out; larger planes are clipped.
     public let maxDimension: Int
     let gtt: GTT
     let interrupts: InterruptController
-    private let state = Mutex(State())
+    private let state = Mutex(DisplayPipe())
 
     // vblank timer
     private let timerMonitor = Monitor()
@@ -81,7 +67,7 @@ public final class DisplayEngine: @unchecked Sendable {
         var next = monotonicNanos() &+ period
         timerMonitor.lock()
         while !timerStop {
-            if state.withLock({ $0.pipeConf & Reg.pipeConfEnable == 0 }) {
+            if !state.withLock({ $0.isEnabled }) {
                 // Pipe off: poll the enable bit at the refresh period without ticking.
                 timerMonitor.wait(deadline: monotonicNanos() &+ period)
                 next = monotonicNanos() &+ period
@@ -101,76 +87,29 @@ public final class DisplayEngine: @unchecked Sendable {
 
     /// One vertical blank: completes armed flips and raises VBLANK (+ FLIP_DONE / CURSOR_FLIP_DONE).
     public func tickVBlank() {
-        let bits: UInt32 = state.withLock { s in
-            s.vblankCount &+= 1
-            var b = Interrupt.vblank
-            if s.primaryFlipPending { s.primaryFlipPending = false; s.flipCount &+= 1; b |= Interrupt.flipDone }
-            if s.cursorFlipPending { s.cursorFlipPending = false; s.cursorFlipCount &+= 1; b |= Interrupt.cursorFlipDone }
-            return b
-        }
-        interrupts.raise(bits)
+        interrupts.raise(state.withLock { $0.vblank() })
     }
 
     /// DISPLAY_FLIP: new surface (and, for the primary plane, stride); completes at the next vblank.
     func flip(_ plane: Plane, base: UInt64, stride: UInt32) {
-        state.withLock { s in
-            switch plane {
-            case .primary:
-                s.priSurf = UInt32(truncatingIfNeeded: base) & ~0xFFF
-                s.priStride = stride
-                s.primaryFlipPending = true
-            case .cursor:
-                s.curBase = UInt32(truncatingIfNeeded: base) & ~0xFFF
-                s.cursorFlipPending = true
-            }
-        }
+        let bits = state.withLock { $0.flip(plane, surface: base, stride: stride) }
+        if bits != 0 { interrupts.raise(bits) }
     }
 
-    static func handles(_ offset: UInt32) -> Bool { offset >= 0x70000 && offset < 0x71000 }
+    static func handles(_ offset: UInt32) -> Bool { DisplayPipe.handles(offset) }
 
-    func read(_ offset: UInt32) -> UInt32 {
-        state.withLock { s in
-            switch offset {
-            case Reg.pipeConf: return s.pipeConf
-            case Reg.vblankCount: return s.vblankCount
-            case Reg.flipCount: return s.flipCount
-            case Reg.cursorFlipCount: return s.cursorFlipCount
-            case Reg.displayFaults: return s.faults
-            case Reg.curCtl: return s.curCtl
-            case Reg.curBase: return s.curBase
-            case Reg.curPos: return s.curPos
-            case Reg.priCtl: return s.priCtl
-            case Reg.priStride: return s.priStride
-            case Reg.priSize: return s.priSize
-            case Reg.priSurf: return s.priSurf
-            default: return 0
-            }
-        }
-    }
+    func read(_ offset: UInt32) -> UInt32 { state.withLock { $0.read(offset) } }
 
     func write(_ offset: UInt32, _ value: UInt32) {
-        state.withLock { s in
-            switch offset {
-            case Reg.pipeConf: s.pipeConf = value & Reg.pipeConfEnable
-            case Reg.curCtl: s.curCtl = value & Reg.planeEnable
-            case Reg.curBase: s.curBase = value & ~0xFFF; s.cursorFlipPending = true
-            case Reg.curPos: s.curPos = value
-            case Reg.priCtl: s.priCtl = value & (Reg.planeEnable | (0xF << 26))
-            case Reg.priStride: s.priStride = value
-            case Reg.priSize: s.priSize = value
-            case Reg.priSurf: s.priSurf = value & ~0xFFF; s.primaryFlipPending = true
-            default: break
-            }
-        }
+        let bits = state.withLock { $0.write(offset, value) }
+        if bits != 0 { interrupts.raise(bits) }
         if offset == Reg.pipeConf { timerMonitor.withLock { timerMonitor.broadcast() } }
     }
 
     /// The composed picture (primary + cursor), read through the GTT. Size = PRI_SIZE (clipped to
     /// `maxDimension`); a disabled primary plane or unsupported format scans out black.
     public func scanout() -> Image {
-        let s = state.withLock { $0 }
-        let planes = Planes(priCtl: s.priCtl, priStride: s.priStride, priSize: s.priSize, priSurf: s.priSurf,
-                            curCtl: s.curCtl, curBase: s.curBase, curPos: s.curPos)
+        let planes = state.withLock { $0.planes }
         let image = Self.compose(planes, gtt: gtt, maxDimension: maxDimension)
         if image.invalidPages > 0 {
             let n = UInt32(truncatingIfNeeded: image.invalidPages)

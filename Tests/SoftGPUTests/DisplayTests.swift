@@ -70,6 +70,8 @@ private let D = Rig.dataGM
         rig.fill32(a, count: 16 * 4, 0x111111)
         rig.fill32(b, count: 32 * 4, 0x222222)
         setupPrimary(rig, base: a, stride: 64, w: 16, h: 4)
+        rig.gpu.writeRegister(Reg.pipeConf, Reg.pipeConfEnable)   // no timer: vblanks only by hand
+        let before = rig.gpu.readRegister(Reg.flipCount)
         #expect(rig.gpu.scanout().pixels.allSatisfy { $0 == 0x111111 })
         #expect(try rig.ring(.rcs, builder { $0.displayFlip(plane: .primary, gm: b, stride: 128) }) == .idle)
         #expect(rig.gpu.scanout().pixels == [UInt32](repeating: 0x222222, count: 64))
@@ -79,9 +81,28 @@ private let D = Rig.dataGM
         // LOAD_REGISTER_IMM may flip too.
         #expect(try rig.ring(.bcs, builder { $0.loadRegisterImm([(Reg.priSurf, UInt32(b)), (Reg.priStride, 128)]) }) == .idle)
         #expect(rig.gpu.scanout()[5, 3] == 0x222222)
+        #expect(rig.gpu.readRegister(Reg.flipCount) == before)   // armed until the vblank
         rig.gpu.tickVBlank()
-        #expect(rig.gpu.readRegister(Reg.flipCount) == 1)   // flips since the previous vblank complete together
+        #expect(rig.gpu.readRegister(Reg.flipCount) == before + 1)   // flips since the previous vblank complete together
         #expect(rig.gpu.readRegister(Reg.vblankCount) == 1)
+    }
+
+    /// docs/vgpu.md and softgpu.md: while PIPE_CONF is off there are no vblanks, so a flip completes at once.
+    @Test func flipWhileThePipeIsOffCompletesAtOnce() throws {
+        let rig = try Rig()
+        rig.gpu.writeRegister(Reg.ier, Interrupt.flipDone | Interrupt.cursorFlipDone)
+        rig.gpu.writeRegister(Reg.priSurf, UInt32(D))
+        #expect(rig.gpu.readRegister(Reg.flipCount) == 1)
+        #expect(rig.gpu.interrupts.eventCount(Interrupt.flipDone) == 1)
+        #expect(try rig.ring(.rcs, builder { $0.displayFlip(plane: .cursor, gm: D, stride: 0) }) == .idle)
+        #expect(rig.gpu.readRegister(Reg.cursorFlipCount) == 1)
+        // With the pipe on, a flip waits for the vblank; turning the pipe off completes it.
+        rig.gpu.writeRegister(Reg.pipeConf, Reg.pipeConfEnable)
+        rig.gpu.writeRegister(Reg.priSurf, UInt32(D))
+        #expect(rig.gpu.readRegister(Reg.flipCount) == 1)
+        rig.gpu.writeRegister(Reg.pipeConf, 0)
+        #expect(rig.gpu.readRegister(Reg.flipCount) == 2)
+        #expect(rig.gpu.readRegister(Reg.vblankCount) == 0)
     }
 
     @Test func invalidPagesReadBlackAndAreCounted() throws {

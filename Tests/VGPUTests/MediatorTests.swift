@@ -319,14 +319,14 @@ struct MediatorTests {
         rig.w32(Reg.imr, 0)
         rig.w32(Reg.ier, Interrupt.vblank)
         rig.vgpu.vblank()
-        #expect(rig.vgpu.intxLevel.withLock { $0 })
+        #expect(rig.vgpu.line.asserted)
         #expect(rig.context.recorded.withLock { $0.irqLines[gsi] } == true)
         rig.w32(Reg.iir, Interrupt.vblank)
-        #expect(!rig.vgpu.intxLevel.withLock { $0 })
+        #expect(!rig.vgpu.line.asserted)
         // INTx disable in the command register keeps the line low.
         rig.configWrite(4, size: 2, 0x406)
         rig.vgpu.vblank()
-        #expect(!rig.vgpu.intxLevel.withLock { $0 })
+        #expect(!rig.vgpu.line.asserted)
     }
 
     @Test func randomGuestAccessesAreHarmless() throws {

@@ -108,8 +108,9 @@ struct VGPUSeamTests {
         try rig.put(b.dwords + (b.dwords.count % 2 == 1 ? [0] : []), at: ring)
         rig.w32(Reg.ringTail(.rcs), UInt32((b.dwords.count + 1) / 2 * 8))   // scanned and queued on this thread
         #expect(rig.vgpu.state.withLock { $0.engines[0].queue.count } == 1)
-        // The executor's own step, run here: paused, it starts nothing.
-        rig.vgpu.processPending(.rcs)
+        // The dispatcher's own step, run here: paused, the vGPU offers nothing and starts nothing.
+        #expect(rig.vgpu.readyWork(on: .rcs) == nil)
+        #expect(rig.vgpu.runPass(on: .rcs) == 0)
         #expect(rig.vgpu.state.withLock { $0.engines[0].queue.count } == 1)
         #expect(rig.r32(Reg.status(.rcs)) & Reg.statusBusy != 0)
         #expect(try rig.context.memory.read(UInt32.self, at: fenceGPA) == 0)

@@ -1,18 +1,26 @@
 import Machine
 import SoftGPU
 
+/// The vGPU's virtual display: its `DisplayPipe` (the same model as the software GPU's display), ticked
+/// by the mediator thread while PIPE_CONF is on, and scanned out through the GTT.
 extension VGPU {
+    /// One virtual vblank: counts it and completes the armed flips (several armed between two vblanks
+    /// complete together, as on the GPU).
+    func vblank() {
+        let newly = state.withLock { s in
+            let bits = s.display.vblank()
+            return s.interrupts.latch(bits)
+        }
+        if newly != 0 { signalInterrupt() }
+    }
+
     /// Largest width or height of a vGPU scanout (larger planes are clipped).
     public static let maxScanoutDimension = 4096
 
     /// The vGPU's current scanout: its virtual planes composed through the GTT by the GPU's own display
     /// logic, reading nothing outside the vGPU's slices. An empty image when the primary plane is off.
     public func scanout() -> Image {
-        let planes = state.withLock { s in
-            DisplayEngine.Planes(priCtl: s.regs[Reg.priCtl], priStride: s.regs[Reg.priStride],
-                                 priSize: s.regs[Reg.priSize], priSurf: s.regs[Reg.priSurf],
-                                 curCtl: s.regs[Reg.curCtl], curBase: s.regs[Reg.curBase], curPos: s.regs[Reg.curPos])
-        }
+        let planes = state.withLock { $0.display.planes }
         guard planes.priCtl & Reg.planeEnable != 0 else { return Image(width: 0, height: 0, pixels: []) }
         let slices = self.slices
         // At most 4096 x 4096 (64 MiB of pixels): a guest must not make the host allocate more per request.

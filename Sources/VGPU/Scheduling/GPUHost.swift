@@ -5,7 +5,11 @@ import Synchronization
 /// The physical GPU shared by every vGPU in this process, and its graphics-memory partition (GVT-g's
 /// static partitioning): the host keeps the first `hostAperture` bytes of the aperture and the first
 /// `hostHidden` bytes of the hidden range (shadow rings and batches live there); each vGPU gets one
-/// contiguous slice of each after that.
+/// contiguous slice of each after that. Each physical engine has one `EngineDispatcher`, the scheduler that
+/// runs the vGPUs' checked work on it.
+///
+/// Threads and ownership: the partition's slot table and the bus-window counter are each behind a Mutex;
+/// `gpu` and the dispatchers are safe from any thread; `deinit` stops the dispatchers, then the GPU.
 public final class GPUHost: @unchecked Sendable {
     public struct Partition: Sendable {
         public var hostAperture: UInt64 = 32 << 20
@@ -17,14 +21,9 @@ public final class GPUHost: @unchecked Sendable {
 
     public let gpu: SoftGPU
     public let partition: Partition
-    /// Engines are shared: one submission at a time per engine, in arrival order (the scheduler).
-    let engineLocks: [EngineLock] = [EngineLock(), EngineLock()]
-
-    /// Serialises use of one physical engine.
-    final class EngineLock: Sendable {
-        private let mutex = Mutex(())
-        func withLock<R>(_ body: () -> R) -> R { mutex.withLock { _ in body() } }
-    }
+    /// One scheduler per physical engine (index: `EngineID.rawValue`), FIFO unless told otherwise.
+    public let dispatchers: [EngineDispatcher]
+    public func dispatcher(_ e: EngineID) -> EngineDispatcher { dispatchers[e.rawValue] }
     private let slots = Mutex<[Bool]>([])
     private let nextBusBase = Mutex<UInt64>(1 << 40)
 
@@ -33,12 +32,20 @@ public final class GPUHost: @unchecked Sendable {
         c.refreshRate = nil   // vblanks are virtual, per vGPU
         gpu = SoftGPU(config: c)
         self.partition = partition
+        do {
+            dispatchers = try EngineID.allCases.map { try EngineDispatcher(engine: $0) }
+        } catch {
+            fatalError("GPUHost: cannot create the engine dispatchers' eventfds: \(error) (raise the open-file limit)")
+        }
         let count = Int(min((c.apertureSize - partition.hostAperture) / partition.vgpuAperture,
                             (c.gmSize - c.apertureSize - partition.hostHidden) / partition.vgpuHidden, 7))
         slots.withLock { $0 = Array(repeating: false, count: max(count, 0)) }
     }
 
-    deinit { gpu.shutdown() }
+    deinit {
+        for d in dispatchers { d.stop() }
+        gpu.shutdown()
+    }
 
     /// How many vGPUs fit.
     public var capacity: Int { slots.withLock { $0.count } }

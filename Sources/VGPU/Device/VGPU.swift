@@ -5,38 +5,41 @@ import Machine
 import SoftGPU
 import Synchronization
 
-/// A mediated pass-through vGPU attached to one machine through its `DeviceContext` (docs/vgpu.md). It
-/// declares its BARs (BAR0: registers, GTT window and the PV doorbells as ioeventfds; BAR2: the aperture,
-/// its slice backed by a memory slot); the PCI bus places, maps and moves them.
+/// A mediated pass-through vGPU attached to one machine through its `DeviceContext` (docs/vgpu.md): the PCI
+/// function. It declares its BARs (BAR0: registers, GTT window and the PV doorbells as ioeventfds; BAR2:
+/// the aperture, its slice backed by a memory slot); the PCI bus places, maps and moves them. Its parts:
+/// the register file (`VGPURegisterFile`, Registers/), the virtual interrupts (`VirtualInterrupts` and
+/// `InterruptLine`, Interrupts/), the submission pipeline (Submission/: scan, `ShadowPlacement`, run), the
+/// virtual display (`DisplayPipe`, Display/) and the GTT shadow (Memory/); its checked work runs on the
+/// GPU's shared engines through their `EngineDispatcher`s (Scheduling/).
 ///
 /// Threads and ownership:
 /// - vCPU threads call the BAR0 handlers (`read`/`write`) and `configWritten`; all virtual state is in
-///   `state` (a Mutex) and is never held across a call into the GPU, the context or another lock;
+///   `state` (one Mutex) and is never held across a call into the GPU, the context or another lock
+///   (register rows' handlers run under it and only return effects);
 /// - `configWritten` runs under the PCI bus's configuration lock for this function (the bus then places
 ///   the BARs, under the same lock);
-/// - pausing the VM (`PausableDevice`) stops the executors from starting another pass; `pause()` returns
-///   once the pass on each engine (if any) has ended; each executor holds its `runLocks[e]` across a pass,
-///   and `pause()` takes it only to wait for that (no other lock is held with it);
 /// - every log line a guest can cause goes through `log` (rate-limited per kind, `RateLimitedLog`);
 /// - a doorbell is scanned and shadowed on the thread that rang it: the vCPU thread for a trapped TAIL
-///   write, the mediator thread for a PV doorbell (an ioeventfd it polls); the mediator thread also ticks
-///   virtual vblanks;
-/// - one executor thread per engine runs the accepted shadow submissions in order on the shared engine,
-///   holding that engine's lock in `GPUHost`, so scanning the next submission overlaps running this one;
-/// - the mediator and executor threads run under the device seccomp filter (`SeccompFilter.device`,
-///   unless the machine's `seccomp` is `.off`); the SoftGPU's own engine threads are not filtered;
-/// - `passes[e]` says whether this vGPU's pass is on the physical engine `e` right now. The executor sets
-///   it, together with starting the pass, and clears it when the pass has ended; RESET and `shutdown()`
-///   reset the physical engine only while holding it set, so an abort can only ever hit this vGPU's own
-///   work, never another vGPU's pass on the shared engine. It is the one lock held while calling out (into
-///   the SoftGPU engine: starting a pass, or `Engine.reset()`, which returns at the engine's next command
+///   write, the mediator thread for a PV doorbell (an ioeventfd it polls); `scanLocks[e]` keeps one scan
+///   per engine at a time. The mediator thread also ticks virtual vblanks. It runs under the device
+///   seccomp filter (`SeccompFilter.device`, unless the machine's `seccomp` is `.off`);
+/// - accepted submissions are queued in `state` and run by the engine's dispatcher thread (GPUHost's
+///   `EngineDispatcher`, shared by every vGPU on the GPU, FIFO by default) through `runPass`, which holds
+///   `runLocks[e]` across the pass; pausing the VM (`PausableDevice`) stops new passes and `pause()`
+///   returns once the pass in progress (if any) has ended, by taking `runLocks[e]` (no other lock is held
+///   with it);
+/// - `passes[e]` says whether this vGPU's pass is on the physical engine `e` right now. `runPass` sets it
+///   together with starting the pass and clears it when the pass has ended; RESET and `shutdown()` reset
+///   the physical engine only while holding it set, so an abort can only ever hit this vGPU's own work,
+///   never another vGPU's pass on the shared engine. It is the one lock held while calling out (into the
+///   SoftGPU engine: starting a pass, or `Engine.reset()`, which returns at the engine's next command
 ///   boundary); under it only the state and lifecycle locks are taken, briefly, never the other way round;
 /// - each engine's `generation` (in `state`) counts its RESETs: a scan or pass that began before a RESET
 ///   sees a different generation when it ends and leaves no trace (no queue entry, HEAD, error or interrupt);
-/// - interrupts are injected (the context's MSI or IRQ line) from whichever thread raised them, after the
-///   state lock is dropped; INTA# is driven under `intxLevel`, a serialising lock held across reading the
-///   state (briefly) and the IRQ-line call, so the line always follows the latest state.
-public final class VGPU: PCIFunction, BusDevice, PausableDevice, @unchecked Sendable {
+/// - interrupts are latched in `state` with the change they report and delivered by `line`
+///   (`InterruptLine`: MSI, or INTA# under its own serialising lock) after the state lock is dropped.
+public final class VGPU: PCIFunction, BusDevice, PausableDevice, DispatchClient, @unchecked Sendable {
     public static let vendorID: UInt16 = 0x4d56
     public static let deviceID: UInt16 = 0x0001
 
@@ -56,7 +59,8 @@ public final class VGPU: PCIFunction, BusDevice, PausableDevice, @unchecked Send
     /// Lines the guest can cause (placement failures, refusals, rejections): rate-limited per kind.
     let log: RateLimitedLog
     let apertureSize: UInt64
-    let arena: HostBuffer
+    /// Host-owned GM for the shadow rings and batches (`arena(_:)`: one half per engine).
+    let arenaBuffer: HostBuffer
     let busBase: UInt64
     /// This vGPU's own scratch page (host memory at this bus address): rejected GTT entries point here, so
     /// no page is shared between vGPUs.
@@ -66,22 +70,14 @@ public final class VGPU: PCIFunction, BusDevice, PausableDevice, @unchecked Send
     let apertureWindow: UnsafeMutableRawPointer
     let apertureSlot: UInt32
 
-    /// A scanned submission waiting for the engine.
-    struct Queued {
-        let submission: ScannedSubmission
-        let start: UInt32, ringBytes: UInt32, head: UInt32, tail: UInt32
-    }
-
+    /// Per engine: what the pipeline keeps besides the engine's registers (which are rows of the register
+    /// file, in `State.regs`).
     struct EngineState {
-        var start: UInt32 = 0, ctl: UInt32 = 0, head: UInt32 = 0, tail: UInt32 = 0
         /// Where the next scan starts: the tail of the last accepted submission.
         var scannedTail: UInt32 = 0
         /// Accepted (scanned and copied) submissions not yet run, in doorbell order.
         var queue: [Queued] = []
         var executing = false
-        var error: UInt32 = 0, faultAddress: UInt64 = 0, errorIP: UInt64 = 0
-        var commandCount: UInt32 = 0, acthd: UInt32 = 0
-        var gprs = [UInt32](repeating: 0, count: Int(Reg.gprDwords))
         /// RESETs (and shutdown) so far: work begun under an older generation is discarded.
         var generation: UInt64 = 0
         var busy: Bool { executing || !queue.isEmpty }
@@ -89,28 +85,38 @@ public final class VGPU: PCIFunction, BusDevice, PausableDevice, @unchecked Send
 
     struct State {
         var engines = [EngineState(), EngineState()]
-        /// Emulated registers without their own field (display, SCRATCH), in the register file's flat storage.
+        /// Every register's value (the register file's flat storage), engine registers included.
         var regs = VGPURegisterFile.Storage()
-        var isr: UInt32 = 0, imr: UInt32 = 0xffff_ffff, iir: UInt32 = 0, ier: UInt32 = 0
-        var sharedPage: UInt64 = 0
-        var errStatus: UInt32 = 0, errEngine: UInt32 = 0, errReason: UInt32 = 0, errOpcode: UInt32 = 0
-        var errCommandGM: UInt64 = 0, errLevel: UInt32 = 0, errOperand: UInt64 = 0, errCount: UInt32 = 0
-        var errOffset: UInt32 = 0
-        var vblanks: UInt32 = 0, flips: UInt32 = 0, cursorFlips: UInt32 = 0
-        /// Flips armed by PRI_SURF / CUR_BASE writes or DISPLAY_FLIPs; they complete at the next vblank.
-        var armedFlips: UInt32 = 0
+        var interrupts = VirtualInterrupts()
+        var display = DisplayPipe()
+
+        /// Engine `e`'s STATUS, from its ring enable, its queue and its error.
+        func status(_ e: EngineID) -> UInt32 {
+            let busy = engines[e.rawValue].busy
+            var v: UInt32 = regs[Reg.ringCtl(e)] & Reg.ringCtlEnable != 0 ? Reg.statusRingEnabled : 0
+            if busy { v |= Reg.statusBusy }
+            if regs[Reg.errorCode(e)] != 0 { v |= Reg.statusError }
+            if !busy { v |= Reg.statusIdle }
+            return v
+        }
     }
     let state = Mutex(State())
     /// One scan at a time per engine (a trapped TAIL write on a vCPU thread and a PV doorbell on the
     /// mediator thread may race).
-    let scanLocks = [GPUHost.EngineLock(), GPUHost.EngineLock()]
+    let scanLocks = [SerialLock(), SerialLock()]
     /// Per engine: true while this vGPU's pass is on the physical engine (see "Threads and ownership").
     let passes = [PassFlag(), PassFlag()]
     private let lifecycle = Mutex<Bool>(true)   // running
     /// True while the VM is paused: the executors start no pass.
     private let pausedFlag = Mutex<Bool>(false)
-    /// Per engine: held by the executor across a pass, so that `pause()` can wait for it to end.
-    let runLocks = [GPUHost.EngineLock(), GPUHost.EngineLock()]
+    /// Per engine: held by `runPass` across a pass, so that `pause()` and `shutdown()` can wait for it to end.
+    let runLocks = [SerialLock(), SerialLock()]
+
+    /// A lock serialising a section; a class so that it can live in an array.
+    final class SerialLock: Sendable {
+        private let mutex = Mutex(())
+        func withLock<R>(_ body: () -> R) -> R { mutex.withLock { _ in body() } }
+    }
 
     /// Whether this vGPU's pass is on a physical engine; a class so that it can live in an array.
     final class PassFlag: Sendable {
@@ -137,20 +143,19 @@ public final class VGPU: PCIFunction, BusDevice, PausableDevice, @unchecked Send
         activity.withLock { a in a.first.flatMap { f in a.last.map { $0 - f } } }
     }
 
+    /// Delivers the virtual interrupts (MSI or INTA#).
+    let line: InterruptLine
+    /// The IOAPIC input INTA# is routed to (nil: no route left).
+    var intxGSI: UInt32? { line.routedGSI }
     // Doorbells and the mediator thread.
-    /// The IOAPIC input INTA# is routed to (nil: no route left), and whether it is currently asserted.
-    private(set) var intxGSI: UInt32? = nil
-    let intxLevel = Mutex<Bool>(false)   // INTA# asserted; see `updateINTx`
     let control: EventFD
     let doorbells: [EventFD]
-    /// Wakes an engine's executor thread (blocking eventfds).
-    let work: [EventFD]
-    private var threads: [pthread_t] = []
+    private var mediatorThread: pthread_t? = nil
     let vblankInterval: Duration
 
     /// Creates the vGPU, adds it to the context's PCI bus (at 00:`slot`.0, or the lowest free device
     /// number; the bus gives BAR0 and BAR2 addresses in the PCI MMIO window and routes INTA#), registers it
-    /// as a pausable device and starts its mediator and executor threads.
+    /// as a pausable device, starts its mediator thread and attaches it to the GPU's engine dispatchers.
     public init(context: any DeviceContext, host: GPUHost, slot: Int? = nil, refreshRate: Double = 60,
                 logger: Logger = Logger(label: "minivisor.vgpu")) throws {
         self.context = context
@@ -168,7 +173,7 @@ public final class VGPU: PCIFunction, BusDevice, PausableDevice, @unchecked Send
         do {
             let (arenaGM, arenaBytes) = host.shadowArena(id: id)
             scratch = try host.gpu.systemMemory.allocate(bytes: 4096, name: "vgpu\(id)-scratch").base
-            arena = try host.gpu.mapHostMemory(gm: arenaGM, bytes: arenaBytes, name: "vgpu\(id)-shadow")
+            arenaBuffer = try host.gpu.mapHostMemory(gm: arenaGM, bytes: arenaBytes, name: "vgpu\(id)-shadow")
             busBase = host.busWindow(bytes: memory.size)
             try host.gpu.systemMemory.register(base: busBase, length: memory.size, pointer: memory.hostBase,
                                                name: "vm-ram-vgpu\(id)")
@@ -182,7 +187,7 @@ public final class VGPU: PCIFunction, BusDevice, PausableDevice, @unchecked Send
 
         let sliceBytes = Int(slices.aperture.count)
         /// Undoes what this initialiser took from the GPU host when a later step fails.
-        let busBase = self.busBase, scratchBus = self.scratchBus, arena = self.arena
+        let busBase = self.busBase, scratchBus = self.scratchBus, arena = self.arenaBuffer
         func releaseHostResources() {
             _ = host.gpu.systemMemory.unregister(base: busBase)
             host.gpu.systemMemory.free(busAddress: scratchBus)
@@ -203,10 +208,11 @@ public final class VGPU: PCIFunction, BusDevice, PausableDevice, @unchecked Send
 
         control = try EventFD()
         doorbells = [try EventFD(), try EventFD()]
-        work = [try EventFD(nonBlocking: false), try EventFD(nonBlocking: false)]
 
-        config = PCIConfigSpace(vendorID: VGPU.vendorID, deviceID: VGPU.deviceID, classCode: 0x03, subclass: 0x80,
-                                subsystemVendorID: VGPU.vendorID, subsystemID: VGPU.deviceID, interruptPin: 1)
+        let config = PCIConfigSpace(vendorID: VGPU.vendorID, deviceID: VGPU.deviceID, classCode: 0x03, subclass: 0x80,
+                                    subsystemVendorID: VGPU.vendorID, subsystemID: VGPU.deviceID, interruptPin: 1)
+        self.config = config
+        line = InterruptLine(config: config, context: context)
         config.addBar(PCIBar(index: 0, size: VGPURegs.bar0Size, kind: .memory32))
         config.addBar(PCIBar(index: 2, size: apertureSize, kind: .memory64, prefetchable: true))
         config.addMSICapability()
@@ -226,37 +232,38 @@ public final class VGPU: PCIFunction, BusDevice, PausableDevice, @unchecked Send
         do {
             let placement = try context.addPCIFunction(self, device: slot)
             pciDevice = placement.device
-            intxGSI = placement.gsi
+            line.route(gsi: placement.gsi)
         } catch {
             context.resources.releaseMemorySlot(apertureSlot)
             releaseHostResources()
             throw error   // deinit unmaps the aperture window
         }
         context.addPausableDevice(self)
-        startMediator()
+        startThreads()
     }
 
     deinit {
         munmap(apertureWindow, Int(slices.aperture.count))
     }
 
-    /// Stops the mediator and executor threads, aborting this vGPU's GPU work at the engines' next command
-    /// boundary (queued submissions are dropped), detaches the vGPU's memory from the GPU and frees its
-    /// slices. Call after the VM has stopped; returns within milliseconds even with long jobs queued.
+    /// Stops the mediator thread and leaves the engine dispatchers, aborting this vGPU's GPU work at the
+    /// engines' next command boundary (queued submissions are dropped), detaches the vGPU's memory from the
+    /// GPU and frees its slices. Call after the VM has stopped; returns within milliseconds even with long
+    /// jobs queued. Other vGPUs' work on the shared engines is not touched.
     public func shutdown() {
         let wasRunning = lifecycle.withLock { r -> Bool in defer { r = false }; return r }
         guard wasRunning else { return }
         for e in EngineID.allCases { abortEngineWork(e) }
         control.signal()
-        for w in work { w.signal() }
-        for t in threads { pthread_join(t, nil) }
+        if let t = mediatorThread { pthread_join(t, nil) }
         for e in EngineID.allCases {
-            host.engineLocks[e.rawValue].withLock { _ = host.gpu.waitIdle(e, timeout: 5) }
+            host.dispatcher(e).detach(self)
+            runLocks[e.rawValue].withLock {}   // the pass in progress (aborted above) has ended; no other starts
         }
         gtt.clearAll()
         _ = host.gpu.systemMemory.unregister(base: busBase)
         host.gpu.systemMemory.free(busAddress: scratchBus)
-        arena.release()
+        arenaBuffer.release()
         host.release(id: id)
         log.flush()
     }
@@ -272,6 +279,7 @@ public final class VGPU: PCIFunction, BusDevice, PausableDevice, @unchecked Send
             let generation = s.engines[i].generation &+ 1
             s.engines[i] = EngineState()
             s.engines[i].generation = generation
+            s.regs.reset(engine: e)
         }
         let engine = host.gpu.engine(e)
         passes[i].withLock { onEngine in if onEngine { engine.reset() } }
@@ -310,10 +318,10 @@ public final class VGPU: PCIFunction, BusDevice, PausableDevice, @unchecked Send
         for l in runLocks { l.withLock {} }
     }
 
-    /// The VM resumes: the executors run what was queued meanwhile.
+    /// The VM resumes: the dispatchers run what was queued meanwhile.
     public func resume() {
         pausedFlag.withLock { $0 = false }
-        for w in work { w.signal() }
+        for d in host.dispatchers { d.notify() }
     }
 
     var isPaused: Bool { pausedFlag.withLock { $0 } }
@@ -358,48 +366,15 @@ public final class VGPU: PCIFunction, BusDevice, PausableDevice, @unchecked Send
         data.storeLittleEndian(UInt64.max)
     }
 
+    /// A register read: the row's read handler or its storage (privileged offsets read 0).
     func readRegister(_ r: UInt32) -> UInt32 {
-        switch r {
-        case VGPURegs.pvMagic: return VGPURegs.pvMagicValue
-        case VGPURegs.pvVersion: return VGPURegs.pvVersionValue
-        case VGPURegs.pvVGPUID: return UInt32(id)
-        case VGPURegs.pvApertureBase: return lo(slices.aperture.lowerBound)
-        case VGPURegs.pvApertureBase + 4: return hi(slices.aperture.lowerBound)
-        case VGPURegs.pvApertureSize: return lo(UInt64(slices.aperture.count))
-        case VGPURegs.pvApertureSize + 4: return hi(UInt64(slices.aperture.count))
-        case VGPURegs.pvHiddenBase: return lo(slices.hidden.lowerBound)
-        case VGPURegs.pvHiddenBase + 4: return hi(slices.hidden.lowerBound)
-        case VGPURegs.pvHiddenSize: return lo(UInt64(slices.hidden.count))
-        case VGPURegs.pvHiddenSize + 4: return hi(UInt64(slices.hidden.count))
-        case VGPURegs.pvGMSize: return lo(host.gpu.config.gmSize)
-        case VGPURegs.pvGMSize + 4: return hi(host.gpu.config.gmSize)
-        case VGPURegs.pvSharedPage: return state.withLock { lo($0.sharedPage) }
-        case VGPURegs.pvSharedPage + 4: return state.withLock { hi($0.sharedPage) }
-        case VGPURegs.errStatus...VGPURegs.errOffset: return readErrorBlock(r)
-        case VGPURegs.statBlock: return readStatistic(r)
-        default: break
-        }
         guard let (row, element) = VGPURegisterFile.row(at: r), row.policy != .privileged else { return 0 }
-        if row.reset == nil { return host.gpu.readRegister(r) }   // mirrors the physical GPU's configuration
-        let engine = row.engine?.rawValue ?? 0
-        return state.withLock { s in row.read.map { $0(s, engine, element) } ?? s.regs[r] }
+        return state.withLock { s in row.read.map { $0(self, s, element) } ?? s.regs[r] }
     }
 
+    /// A register write: the row's policy and mask, then its write handler (or storage) under the state
+    /// lock, then the effects it asked for, without the lock.
     func writeRegister(_ r: UInt32, _ value: UInt32) {
-        switch r {
-        case VGPURegs.pvSharedPage: state.withLock { $0.sharedPage = ($0.sharedPage & ~0xffff_ffff) | UInt64(value & ~0xfff) }; return
-        case VGPURegs.pvSharedPage + 4: state.withLock { $0.sharedPage = ($0.sharedPage & 0xffff_ffff) | UInt64(value) << 32 }; return
-        case VGPURegs.pvDoorbellRCS, VGPURegs.pvDoorbellBCS:
-            // Normally an ioeventfd catches these in the kernel; a write that reaches us rings the same bell.
-            doorbells[r == VGPURegs.pvDoorbellRCS ? 0 : 1].signal()
-            return
-        case VGPURegs.errStatus:
-            if value & 1 != 0 { state.withLock { $0.errStatus = 0 } }
-            return
-        case VGPURegs.statBlock:
-            return   // read-only counters
-        default: break
-        }
         guard let (row, element) = VGPURegisterFile.row(at: r), row.policy != .privileged else {
             privilegedWrites.add(1, ordering: .relaxed)
             log.log(.debug, "privileged register write",
@@ -419,10 +394,9 @@ public final class VGPU: PCIFunction, BusDevice, PausableDevice, @unchecked Send
         default: break
         }
         let masked = value & row.writableMask
-        let engine = row.engine?.rawValue ?? 0
         let fx = state.withLock { s -> VGPURegisterFile.WriteEffects in
             var fx = VGPURegisterFile.WriteEffects()
-            if let write = row.write { write(&s, engine, element, masked, &fx) } else { s.regs[r] = masked }
+            if let write = row.write { write(&s, element, masked, &fx) } else { s.regs[r] = masked }
             return fx
         }
         // A trapped TAIL write is copied and scanned here, on the vCPU thread, before the guest runs on:
@@ -430,91 +404,22 @@ public final class VGPU: PCIFunction, BusDevice, PausableDevice, @unchecked Send
         if let tail = fx.doorbellTail, let e = row.engine { doorbell(e, tail: tail) }
         // RESET returns to the guest only once the engine has stopped this vGPU's work.
         if fx.resetEngine, let e = row.engine { abortEngineWork(e) }
+        if let e = fx.pvDoorbell { doorbells[e.rawValue].signal() }
         if fx.kickMediator { control.signal() }
         if fx.deliver != 0 { signalInterrupt() }
         if fx.updateINTx { updateINTx() }
     }
 
-    func readErrorBlock(_ r: UInt32) -> UInt32 {
-        state.withLock { s in
-            switch r {
-            case VGPURegs.errStatus: return s.errStatus
-            case VGPURegs.errEngine: return s.errEngine
-            case VGPURegs.errReason: return s.errReason
-            case VGPURegs.errOpcode: return s.errOpcode
-            case VGPURegs.errCommandGM: return lo(s.errCommandGM)
-            case VGPURegs.errCommandGM + 4: return hi(s.errCommandGM)
-            case VGPURegs.errLevel: return s.errLevel
-            case VGPURegs.errOperand: return lo(s.errOperand)
-            case VGPURegs.errOperand + 4: return hi(s.errOperand)
-            case VGPURegs.errCount: return s.errCount
-            case VGPURegs.errOffset: return s.errOffset
-            default: return 0
-            }
-        }
-    }
-
-    /// The statistics block: the low 32 bits of each counter, 0 for unassigned offsets.
-    func readStatistic(_ r: UInt32) -> UInt32 {
-        let s = statistics
-        let v: UInt64
-        switch r {
-        case VGPURegs.statBadAccess: v = s.badAccesses
-        case VGPURegs.statPrivilegedWrites: v = s.privilegedWrites
-        case VGPURegs.statRefusedAddress: v = s.refusedAddressWrites
-        case VGPURegs.statGTTRejected: v = s.gttRejected
-        case VGPURegs.statGTTDropped: v = s.gttDroppedOutside
-        case VGPURegs.statSubmissions: v = s.submissions
-        case VGPURegs.statRejections: v = s.rejections
-        default: v = 0
-        }
-        return lo(v)
-    }
-
-    // MARK: interrupts
-
-    /// Latches `bits` into the virtual ISR/IIR (honouring IMR) and injects an MSI for newly pending ones.
-    func raise(_ bits: UInt32) {
-        let newly = state.withLock { VGPU.latch(bits, in: &$0) }
-        if newly != 0 { signalInterrupt() }
-    }
-
-    /// Latches `bits` into ISR/IIR under the state lock; returns the bits that newly became pending
-    /// (IIR & IER), for which the caller signals the interrupt after dropping the lock. Latching in the same
-    /// critical section as the state change it reports means a driver that sees the change (STATUS, HEAD,
-    /// the error block) also sees the interrupt bit.
-    static func latch(_ bits: UInt32, in s: inout State) -> UInt32 {
-        let before = s.iir & s.ier
-        // ISR latches pulses; the engines' error bits are levels, read from the engine state.
-        s.isr |= bits & ~(Interrupt.rcsError | Interrupt.bcsError)
-        s.iir |= bits & ~s.imr
-        return (s.iir & s.ier) & ~before
-    }
-
-    /// Tells the guest: an MSI when MSI is enabled, else INTA# (level: asserted while IIR & IER != 0,
-    /// unless the command register's INTx-disable bit is set).
-    func signalInterrupt() {
-        if let msi = config.msiMessage {
-            try? context?.signalMSI(address: msi.address, data: msi.data)
-        } else {
-            updateINTx()
-        }
-    }
+    /// Tells the guest about newly pending interrupts (MSI, or INTA# to its level).
+    func signalInterrupt() { line.signal { state.withLock { $0.interrupts.pending } } }
 
     /// Drives INTA# to its current level (only while MSI is off).
-    func updateINTx() {
-        guard let gsi = intxGSI else { return }
-        // Reading the state, deciding and driving the line happen under `intxLevel`, a serialising lock:
-        // otherwise a vCPU clearing IIR and an executor raising it could drive the line in the opposite
-        // order to the states they read, leaving INTA# asserted with nothing pending (or the reverse).
-        // Lock order: `intxLevel`, then `state` briefly; nothing takes them the other way round.
-        intxLevel.withLock { asserted in
-            let pending = state.withLock { $0.iir & $0.ier != 0 }
-            let level = pending && config.msiMessage == nil && config.command & PCIConfigSpace.commandINTxDisable == 0
-            guard level != asserted else { return }
-            asserted = level
-            try? context?.setIRQLine(gsi, level: level)
-        }
+    func updateINTx() { line.update { state.withLock { $0.interrupts.pending } } }
+
+    /// Latches `bits` into the virtual ISR/IIR (honouring IMR) and signals newly pending ones.
+    func raise(_ bits: UInt32) {
+        let newly = state.withLock { $0.interrupts.latch(bits) }
+        if newly != 0 { signalInterrupt() }
     }
 
     // MARK: statistics
@@ -532,25 +437,19 @@ public final class VGPU: PCIFunction, BusDevice, PausableDevice, @unchecked Send
                    rejections: rejections.load(ordering: .relaxed))
     }
 
-    // MARK: mediator thread
+    // MARK: threads
 
-    private func startMediator() {
-        // The threads hold the vGPU until shutdown() stops them.
-        if let t = OSThread.spawn(name: "vgpu\(id)-mediator", { [self] in
+    private func startThreads() {
+        // The mediator thread holds the vGPU until shutdown() stops it.
+        mediatorThread = OSThread.spawn(name: "vgpu\(id)-mediator", { [self] in
             context?.enterDeviceSandbox(thread: "vgpu\(id)-mediator")
             mediatorLoop()
-        }) { threads.append(t) }
-        for e in EngineID.allCases {
-            if let t = OSThread.spawn(name: "vgpu\(id)-\(e)", { [self] in
-                context?.enterDeviceSandbox(thread: "vgpu\(id)-\(e)")
-                executorLoop(e)
-            }) { threads.append(t) }
-        }
+        })
+        // The dispatcher threads (started by the first vGPU on the GPU) enter that vGPU's device filter.
+        let sandbox: @Sendable (String) -> Void = { [weak context] name in _ = context?.enterDeviceSandbox(thread: name) }
+        for d in host.dispatchers { d.attach(self, sandbox: sandbox) }
     }
 
     var isRunning: Bool { lifecycle.withLock { $0 } }
 }
-
-@inline(__always) func lo(_ v: UInt64) -> UInt32 { UInt32(truncatingIfNeeded: v) }
-@inline(__always) func hi(_ v: UInt64) -> UInt32 { UInt32(truncatingIfNeeded: v >> 32) }
 

@@ -1,0 +1,131 @@
+import Glibc
+import KVM
+import Machine
+import SoftGPU
+import Synchronization
+
+/// One client of a physical engine: a vGPU's checked work on that engine.
+public protocol DispatchClient: AnyObject, Sendable {
+    /// The client's id for the policy (the vGPU id; unique among a dispatcher's clients).
+    var dispatchID: Int { get }
+    /// The client's checked work ready to run on `engine` now; nil when there is none (or the client is
+    /// paused or already running). Called on the dispatcher thread without the dispatcher's lock.
+    func readyWork(on engine: EngineID) -> QueueView?
+    /// Runs one pass of the client's work on `engine` (the dispatcher thread, without the dispatcher's
+    /// lock) and returns when the physical engine is idle again; returns the submissions that ran.
+    func runPass(on engine: EngineID) -> Int
+}
+
+/// The scheduler of one physical engine shared by every vGPU on a `GPUHost` (GVT-g's per-engine
+/// scheduler): its thread picks, through a pluggable `SchedulingPolicy` (FIFO by default), the next
+/// client's checked work and runs it as one pass on the engine, so there is at most one pass on the engine
+/// at a time and no engine lock.
+///
+/// Threads and ownership:
+/// - the dispatcher thread (`gpu-rcs`, `gpu-bcs`) is started by the first `attach` and enters the
+///   seccomp filter the attaching client asks for (`sandbox`, the device filter of its VM); it is the only
+///   thread that starts passes on the engine. It sleeps on `wake` (a blocking eventfd) until `notify()`;
+///   a notification between its last look and its sleep is not lost (the eventfd counts);
+/// - `state` (one Mutex) holds the clients, the policy and the stop flag; it is never held while calling
+///   a client or blocking. The policy's methods run under it;
+/// - clients are held strongly from `attach` to `detach`; `detach` does not wait for a pass in progress
+///   (the client waits for its own passes: a vGPU holds its run lock across `runPass`), and a client may
+///   be asked `readyWork`/`runPass` once more right after `detach` returned: it must then decline;
+/// - `stop()` (GPUHost's deinit) ends the thread after the pass in progress.
+public final class EngineDispatcher: @unchecked Sendable {
+    public let engine: EngineID
+    private struct State {
+        var clients: [any DispatchClient] = []
+        var policy: any SchedulingPolicy
+        var stopping = false
+        var thread: pthread_t? = nil
+    }
+    private let state: Mutex<State>
+    private let wake: EventFD
+    private let tickets = Atomic<UInt64>(0)
+
+    public init(engine: EngineID, policy: any SchedulingPolicy = FIFOPolicy()) throws {
+        self.engine = engine
+        state = Mutex(State(policy: policy))
+        wake = try EventFD(nonBlocking: false)
+    }
+
+    /// A dispatcher-wide arrival number for a submission being queued (FIFO order across clients).
+    public func ticket() -> UInt64 { tickets.add(1, ordering: .relaxed).newValue }
+
+    /// Replaces the scheduling policy (between passes).
+    public func setPolicy(_ policy: any SchedulingPolicy) {
+        state.withLock { $0.policy = policy }
+        notify()
+    }
+
+    /// Adds a client; the first one starts the dispatcher thread, which first calls `sandbox(threadName)`.
+    public func attach(_ client: any DispatchClient, sandbox: @escaping @Sendable (String) -> Void = { _ in }) {
+        let start = state.withLock { s -> Bool in
+            s.clients.append(client)
+            return s.thread == nil && !s.stopping
+        }
+        if start {
+            let name = "gpu-\(engine)".lowercased()
+            let t = OSThread.spawn(name: name) { [self] in
+                sandbox(name)
+                loop()
+            }
+            state.withLock { $0.thread = t }
+        }
+        notify()
+    }
+
+    /// Removes a client (its vGPU shuts down).
+    public func detach(_ client: any DispatchClient) {
+        state.withLock { s in
+            s.clients.removeAll { $0 === client }
+            s.policy.detached(client: client.dispatchID)
+        }
+    }
+
+    /// Some client may have work ready (queued, or resumed).
+    public func notify() { wake.signal() }
+
+    /// Ends the dispatcher thread after the pass in progress (if any) and waits for it, unless called on
+    /// the dispatcher thread itself.
+    public func stop() {
+        let t = state.withLock { s -> pthread_t? in
+            s.stopping = true
+            defer { s.thread = nil }
+            return s.thread
+        }
+        notify()
+        guard let t else { return }
+        if pthread_equal(t, pthread_self()) != 0 { pthread_detach(t) } else { pthread_join(t, nil) }
+    }
+
+    private var stopping: Bool { state.withLock { $0.stopping } }
+
+    private func loop() {
+        while !stopping {
+            _ = wake.consume()   // blocks until notified
+            drain()
+        }
+    }
+
+    /// Runs passes until no client has work ready.
+    func drain() {
+        while !stopping {
+            let clients = state.withLock { $0.clients }
+            var ready: [QueueView] = []
+            for c in clients { if let v = c.readyWork(on: engine) { ready.append(v) } }
+            guard !ready.isEmpty else { return }
+            let chosen = state.withLock { s -> (any DispatchClient)? in
+                guard let id = s.policy.pick(ready), let c = s.clients.first(where: { $0.dispatchID == id }) else { return nil }
+                s.policy.passStarted(client: id)
+                return c
+            }
+            guard let chosen else { return }
+            let t0 = ContinuousClock.now
+            let ran = chosen.runPass(on: engine)
+            let took = ContinuousClock.now - t0
+            state.withLock { $0.policy.passEnded(client: chosen.dispatchID, ran: took, submissions: ran) }
+        }
+    }
+}

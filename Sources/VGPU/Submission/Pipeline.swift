@@ -1,0 +1,288 @@
+import Glibc
+import Machine
+import SoftGPU
+
+/// The submission pipeline (docs/vgpu.md section 4): a doorbell is scanned and shadowed on the thread that
+/// rang it (`doorbell`), the checked submission is queued with a dispatcher ticket, and the engine's
+/// `EngineDispatcher` runs it (`runPass`: take a group, place it with `ShadowPlacement`, run it on the
+/// shared engine, complete it into the virtual state).
+extension VGPU {
+    /// A scanned submission waiting for the engine.
+    struct Queued {
+        let submission: ScannedSubmission
+        let start: UInt32, ringBytes: UInt32, head: UInt32, tail: UInt32
+        /// Arrival order on the engine's dispatcher (FIFO across vGPUs).
+        let ticket: UInt64
+        var footprint: ShadowFootprint { ShadowFootprint(submission) }
+    }
+
+    /// The vGPU's shadow arena on engine `e`: its half of the vGPU's host-owned window.
+    func arena(_ e: EngineID) -> ShadowArena {
+        let half = UInt64(arenaBuffer.length) / 2
+        return ShadowArena(gm: arenaBuffer.gm + half * UInt64(e.rawValue), bytes: half)
+    }
+
+    func arenaPointer(_ e: EngineID) -> UnsafeMutableRawPointer {
+        arenaBuffer.pointer + Int(UInt64(arenaBuffer.length) / 2 * UInt64(e.rawValue))
+    }
+
+    /// PV doorbell: the new tail is in the shared page at 8 * engine.
+    func fastDoorbell(_ e: EngineID) {
+        let page = state.withLock { $0.regs[pair: VGPURegs.pvSharedPage] }
+        guard page != 0, let tail: UInt32 = try? memory.read(at: page + 8 * UInt64(e.rawValue)) else {
+            log.log(.debug, "doorbell without a shared page", "vgpu\(id): \(e) doorbell without a shared page")
+            return
+        }
+        // A doorbell for a disabled ring is dropped: after a RESET (which disables the ring) a doorbell the
+        // guest rang before it, handled late by this thread, must not bring the old TAIL back.
+        let enabled = state.withLock { s -> Bool in
+            guard s.regs[Reg.ringCtl(e)] & Reg.ringCtlEnable != 0 else { return false }
+            s.regs[Reg.ringTail(e)] = tail
+            return true
+        }
+        guard enabled else { return }
+        doorbell(e, tail: tail)
+    }
+
+    /// A doorbell for `engine` with the guest's new `tail`: copies the ring from the last accepted tail and
+    /// every batch it reaches, scans the copies, and queues them for the engine's dispatcher (or records the
+    /// rejection). Runs on the thread that rang: a vCPU thread for a trapped TAIL write, the mediator thread
+    /// for a PV doorbell.
+    func doorbell(_ e: EngineID, tail: UInt32) {
+        let i = e.rawValue
+        let queued = scanLocks[i].withLock { () -> Bool in
+            let job = state.withLock { s -> (start: UInt32, ctl: UInt32, head: UInt32, regs: VGPURegisterFile.Storage,
+                                              display: DisplayPipe, generation: UInt64)? in
+                let ctl = s.regs[Reg.ringCtl(e)]
+                guard s.regs[Reg.errorCode(e)] == 0, ctl & Reg.ringCtlEnable != 0, tail != s.engines[i].scannedTail else { return nil }
+                return (s.regs[Reg.ringStart(e)], ctl, s.engines[i].scannedTail, s.regs, s.display, s.engines[i].generation)
+            }
+            guard let job else { return false }
+            activity.withLock { if $0.first == nil { $0.first = ContinuousClock.now } }
+            let ringBytes = UInt32(Reg.ringPages(ctl: job.ctl)) * 4096
+            let regs = job.regs, display = job.display
+            // Batches must fit the arena after the shadow ring, with room for rounding each up to a page.
+            var limits = ScanLimits()
+            limits.maxTotalBatchBytes = Int(arena(e).batchBytes) - limits.maxBatches * 4096
+            let scanner = CommandScanner(slices: slices, limits: limits, commandLoadAllowed: RegisterPolicy.commandLoadAllowed,
+                                         registerRead: { DisplayPipe.handles($0) ? display.read($0) : regs[$0] })
+            // The copies are read through the guest's own GTT entries: a page whose entry is invalid or was
+            // rejected (not guest RAM) is unreadable, so such a ring or batch is refused (reason 12), never
+            // run from a scratch page.
+            let shadow = gtt
+            let result = scanner.scan(engine: e, ringStart: UInt64(job.start), ringBytes: ringBytes, head: job.head, tail: tail) { gm, count in
+                guard count >= 0, count <= (16 << 20) / 4 else { return nil }
+                return shadow.readDwords(gm: gm, count: count)
+            }
+            switch result {
+            case .failure(let rejection):
+                reject(e, rejection, generation: job.generation)
+                return false
+            case .success(let submission):
+                let ticket = host.dispatcher(e).ticket()
+                // A RESET while scanning: the scan is of a ring that no longer exists; drop it.
+                return state.withLock { s -> Bool in
+                    guard s.engines[i].generation == job.generation else { return false }
+                    s.engines[i].queue.append(Queued(submission: submission, start: job.start, ringBytes: ringBytes,
+                                                     head: job.head, tail: tail, ticket: ticket))
+                    s.engines[i].scannedTail = tail
+                    return true
+                }
+            }
+        }
+        if queued { host.dispatcher(e).notify() }
+    }
+
+    /// Records a rejected submission in the error block and the engine's virtual state, and tells the guest
+    /// (nothing, when a RESET came after the scan began: `generation` is then stale).
+    func reject(_ e: EngineID, _ r: ScanRejection, generation: UInt64) {
+        let newly = state.withLock { s -> UInt32? in
+            let i = e.rawValue
+            guard s.engines[i].generation == generation else { return nil }
+            s.regs[Reg.errorCode(e)] = VGPURegs.rejectedErrorBase + r.reason.rawValue
+            s.regs[lo: Reg.errorIPLo(e), hi: Reg.errorIPHi(e)] = r.commandGM
+            s.regs[lo: Reg.faultAddressLo(e), hi: Reg.faultAddressHi(e)] = r.operand
+            s.regs[VGPURegs.errStatus] = 1
+            s.regs[VGPURegs.errEngine] = UInt32(i)
+            s.regs[VGPURegs.errReason] = r.reason.rawValue
+            s.regs[VGPURegs.errOpcode] = r.header
+            s.regs[pair: VGPURegs.errCommandGM] = r.commandGM
+            s.regs[VGPURegs.errOffset] = UInt32(truncatingIfNeeded: r.commandGM &- r.bufferGM)
+            s.regs[VGPURegs.errLevel] = UInt32(r.level)
+            s.regs[pair: VGPURegs.errOperand] = r.operand
+            s.regs[VGPURegs.errCount] &+= 1
+            return s.interrupts.latch(VGPURegs.rejected(e) | Interrupt.error(e))
+        }
+        guard let newly else { return }
+        rejections.add(1, ordering: .relaxed)
+        log.log(.warning, "rejected \(e) submission", "vgpu\(id): rejected \(e) submission: \(r)")
+        if newly != 0 { signalInterrupt() }
+    }
+
+    // MARK: the dispatcher's side (DispatchClient)
+
+    public var dispatchID: Int { id }
+
+    /// This vGPU's checked work on `engine`, unless it is paused, shut down or already running there.
+    public func readyWork(on engine: EngineID) -> QueueView? {
+        guard !isPaused, isRunning else { return nil }
+        return state.withLock { s in
+            let es = s.engines[engine.rawValue]
+            guard !es.executing, let first = es.queue.first else { return nil }
+            return QueueView(client: id, queued: es.queue.count, oldestTicket: first.ticket)
+        }
+    }
+
+    /// One pass on `engine` (the dispatcher thread): every queued submission that fits the shadow arena runs
+    /// in one pass of the physical ring, back to back, as GVT-g batches workloads. Held under the run lock,
+    /// which `pause()` and `shutdown()` wait for, so no pass starts once they have returned.
+    public func runPass(on e: EngineID) -> Int {
+        let i = e.rawValue
+        let ran = runLocks[i].withLock { () -> Int in
+            guard !isPaused, isRunning else { return 0 }
+            let arena = arena(e)
+            let (group, generation) = state.withLock { s -> ([Queued], UInt64) in
+                let generation = s.engines[i].generation
+                guard !s.engines[i].executing else { return ([], generation) }
+                let n = ShadowPlacement.group(s.engines[i].queue.map(\.footprint), arena: arena)
+                guard n > 0 else { return ([], generation) }
+                s.engines[i].executing = true
+                defer { s.engines[i].queue.removeFirst(n) }
+                return (Array(s.engines[i].queue.prefix(n)), generation)
+            }
+            guard !group.isEmpty else { return 0 }
+            execute(e, group, generation: generation)
+            return group.count
+        }
+        if ran > 0 { activity.withLock { $0.last = ContinuousClock.now } }
+        return ran
+    }
+
+    /// Places the shadow buffers of `group` in the arena (`ShadowPlacement`), runs them in one pass on the
+    /// shared engine, and completes them (the padding NOOPs are not counted in COMMAND_COUNT). A RESET or
+    /// shutdown (a new `generation`) before the pass starts cancels it, during it aborts it (RESET resets
+    /// the physical engine), and either way the pass leaves no trace in the virtual state.
+    func execute(_ e: EngineID, _ group: [Queued], generation: UInt64) {
+        let arena = arena(e), arenaPtr = arenaPointer(e)
+        let placement: ShadowPlacement
+        switch ShadowPlacement.place(group.map(\.footprint), arena: arena) {
+        case .failure(let refusal):
+            // Only a single submission can be this large (groups are cut to fit): refuse it.
+            state.withLock { $0.engines[e.rawValue].executing = false }
+            let q = group[0]
+            reject(e, ScanRejection(reason: .tooManyBatches, engine: e, commandGM: UInt64(q.start) + UInt64(q.head), level: 0,
+                                    header: 0, operand: refusal.needed, detail: refusal.description, bufferGM: UInt64(q.start)),
+                   generation: generation)
+            return
+        case .success(let p):
+            placement = p
+        }
+        var buffers = group.map { $0.submission.buffers }
+        for s in buffers.indices where placement.padded[s] { buffers[s][0].dwords.append(CommandTable.info(.noop).header) }
+        for s in buffers.indices {
+            for b in buffers[s].indices {
+                for rel in buffers[s][b].relocations where rel.target < buffers[s].count && rel.dword + 1 < buffers[s][b].dwords.count {
+                    let gm = arena.gm + placement.offsets[s][rel.target]
+                    buffers[s][b].dwords[rel.dword] = lo(gm)
+                    buffers[s][b].dwords[rel.dword + 1] = hi(gm)
+                }
+                buffers[s][b].dwords.withUnsafeBytes { src in
+                    (arenaPtr + Int(placement.offsets[s][b])).copyMemory(from: src.baseAddress!, byteCount: src.count)
+                }
+            }
+        }
+        submissions.add(UInt64(group.count), ordering: .relaxed)
+
+        let gpu = host.gpu
+        let engine = gpu.engine(e)
+        var outcome = EngineWaitResult.idle
+        var userEvents: UInt64 = 0
+        var executed: UInt64 = 0
+        let pass = passes[e.rawValue]
+        let t0 = ContinuousClock.now
+        let userBefore = gpu.interrupts.eventCount(Interrupt.user(e))
+        let countBefore = engine.commandsExecuted
+        // Start the pass and say so in one step, unless a RESET or shutdown came first: an abort then
+        // either finds the pass on the engine or finds the generation changed.
+        let started = pass.withLock { onEngine -> Bool in
+            guard isRunning, state.withLock({ $0.engines[e.rawValue].generation }) == generation else { return false }
+            engine.configureRing(start: UInt32(arena.gm), pages: Int(arena.ringBytes / 4096))
+            gpu.submit(e, tail: UInt32(placement.ringTail))
+            onEngine = true
+            return true
+        }
+        if started {
+            outcome = engine.waitIdle(timeout: 60)
+            pass.withLock { $0 = false }
+            if case .idle = outcome {} else { engine.reset() }
+            userEvents = gpu.interrupts.eventCount(Interrupt.user(e)) &- userBefore
+            executed = engine.commandsExecuted &- countBefore
+            let d = ContinuousClock.now - t0
+            engineNanos.add(UInt64(d.components.seconds) * 1_000_000_000 + UInt64(d.components.attoseconds / 1_000_000_000), ordering: .relaxed)
+        }
+
+        // Which submission a shadow GM address belongs to, and where the guest wrote that command.
+        func locate(_ x: UInt64) -> (submission: Int, guest: UInt64)? {
+            for s in buffers.indices {
+                let q = group[s]
+                let r0 = arena.gm + placement.offsets[s][0], r1 = r0 + UInt64(buffers[s][0].dwords.count * 4)
+                if x >= r0 && x < r1 { return (s, UInt64(q.start) + (UInt64(q.head) + (x - r0)) % UInt64(q.ringBytes)) }
+                for b in buffers[s].indices.dropFirst() {
+                    let b0 = arena.gm + placement.offsets[s][b]
+                    if x >= b0 && x < b0 + UInt64(buffers[s][b].dwords.count * 4) { return (s, buffers[s][b].sourceGM + (x - b0)) }
+                }
+            }
+            return nil
+        }
+
+        var bits: UInt32 = 0
+        var failed: (error: EngineError, command: UInt64, address: UInt64)? = nil
+        let newly = state.withLock { s -> UInt32 in
+            let i = e.rawValue
+            s.engines[i].executing = false
+            // Cancelled or aborted by a RESET or shutdown: the engine's state is already as after reset.
+            guard started, s.engines[i].generation == generation else { return 0 }
+            var completed = group.count
+            switch outcome {
+            case .idle:
+                bits |= Interrupt.idle(e)
+            case .error(let err):
+                let where_ = locate(err.commandAddress)
+                completed = where_?.submission ?? 0
+                s.regs[Reg.errorCode(e)] = err.code.rawValue
+                // Operand addresses are the guest's own GM addresses; an address inside the shadows (a
+                // command fetch) is reported where the guest wrote it.
+                let fault = locate(err.faultAddress)?.guest ?? err.faultAddress
+                let ip = where_?.guest ?? err.commandAddress
+                s.regs[lo: Reg.faultAddressLo(e), hi: Reg.faultAddressHi(e)] = fault
+                s.regs[lo: Reg.errorIPLo(e), hi: Reg.errorIPHi(e)] = ip
+                failed = (err, ip, fault)
+                s.engines[i].queue.removeAll()   // the engine stops: nothing after the failure runs
+                bits |= Interrupt.error(e)
+            case .timedOut:
+                completed = 0
+                s.regs[Reg.errorCode(e)] = EngineErrorCode.stepBudgetExceeded.rawValue
+                s.engines[i].queue.removeAll()
+                bits |= Interrupt.error(e)
+            }
+            // The padding NOOPs of the completed submissions ran but are not the guest's commands.
+            let pads = UInt64(placement.padded.prefix(completed).filter { $0 }.count)
+            s.regs[Reg.commandCount(e)] &+= UInt32(truncatingIfNeeded: executed >= pads ? executed - pads : 0)
+            // HEAD: past every submission that completed; at the start of the one that failed.
+            s.regs[Reg.ringHead(e)] = completed == group.count ? group[group.count - 1].tail : group[completed].head
+            if userEvents > 0 { bits |= Interrupt.user(e) }
+            for q in group.prefix(completed) {
+                for f in q.submission.flips {
+                    bits |= s.display.flip(f.plane == 0 ? .primary : .cursor, surface: f.surface, stride: f.stride)
+                }
+            }
+            return s.interrupts.latch(bits)   // with the state it reports (see `VirtualInterrupts`)
+        }
+        if let f = failed {
+            let command = String(f.command, radix: 16), address = String(f.address, radix: 16)
+            log.log(.warning, "\(e) engine error",
+                    "vgpu\(id): \(e) engine error: \(f.error.code) at command 0x\(command), address 0x\(address): \(f.error.detail)")
+        }
+        if newly != 0 { signalInterrupt() }
+    }
+}
