@@ -183,6 +183,9 @@ extension Machine {
         case (.off, _), (.vmThreads, .monitor): return true
         default: break
         }
+        // The thread already runs under this filter (one thread monitoring several VMs in turn, `VMGroup`):
+        // loading it again would be refused, and would change nothing.
+        if let label = Seccomp.currentThreadLabel, label.hasSuffix("(\(filter.rawValue) filter)") { return true }
         do {
             try Seccomp.install(filter, thread: thread)
             return true
