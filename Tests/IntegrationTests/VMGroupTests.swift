@@ -56,6 +56,58 @@ struct VMGroupTests {
 
     @Test func sixteenVMsWithVGPUsStartWorkAndEnd() throws { try drawTogether(16, type: .default) }
 
+    /// An attacker VM (vgpu_adversarial, two rounds: every forbidden access, then a sweep over all of GM)
+    /// runs beside a victim VM (vgpu_victim) that keeps a pattern in its aperture and hidden GM and renders
+    /// and computes round after round, checking everything after every round. The victim stops when the
+    /// attacker has ended (a byte on its serial port). Every attack is refused and counted on the
+    /// attacker's vGPU; the victim's pattern, frames and results stay intact and it is never refused.
+    @Test func attackerBesideVictimReachesNothing() throws {
+        let victimOut = SerialCapture(), attackerOut = SerialCapture()
+        let shot = Support.tempPath("victim.png")
+        defer { unlink(shot) }
+        var vc = MachineConfiguration()
+        vc.memoryBytes = 64 << 20
+        vc.timeout = .seconds(300)
+        vc.cmdline = "seed=4242"
+        vc.serialOutput = .callback { victimOut.append($0) }
+        var ac = vc
+        ac.cmdline = "rounds=2"
+        ac.serialOutput = .callback { attackerOut.append($0) }
+        let group = try VMGroup([
+            .init(name: "victim", image: .file(try Support.guest("vgpu_victim")), configuration: vc,
+                  vgpu: VGPUOptions(screenshotPath: shot)),
+            .init(name: "attacker", image: .file(try Support.guest("vgpu_adversarial")), configuration: ac,
+                  vgpu: VGPUOptions()),
+        ], gpu: GPUHost())
+        let victim = group.vms[0], attacker = group.vms[1]
+        try group.start()
+        let attackerReason = attacker.wait()
+        victim.machine.serial.receive([0x71])          // "the attack is over": the victim finishes its round
+        let victimReason = victim.wait()
+        let a = attackerOut.text, v = victimOut.text
+        #expect(attackerReason == .powerOff && a.contains("vgpu adversarial ok"), "\(attackerReason)\n\(a)")
+        #expect(a.contains("round 2 of 2 done, 0 failed"), "\(a)")
+        #expect(victimReason == .powerOff && v.contains("vgpu victim ok"), "\(victimReason)\n\(v)")
+        let rounds = v.split(separator: "\n").first { $0.hasPrefix("vgpu victim ok: ") }
+            .flatMap { Int($0.split(separator: " ")[3]) } ?? 0
+        #expect(rounds >= 20, "the victim worked throughout the attack: \(rounds) rounds")
+        let vs = victim.vgpu!.statistics, ast = attacker.vgpu!.statistics
+        #expect(vs.rejections == 0 && vs.gttDroppedOutside == 0 && vs.refusedAddressWrites == 0, "\(vs)")
+        #expect(ast.rejections >= 2 * 44, "every attack refused and reported: \(ast)")
+        #expect(ast.gttDroppedOutside >= 2 * 247 && ast.refusedAddressWrites >= 2 * 247, "\(ast)")
+        // The victim's display shows the victim's last frame: one colour, its own.
+        guard let (w, h, rgb) = Support.readPNG(shot) else {
+            Issue.record("no victim screenshot")
+            return
+        }
+        #expect(w == 256 && h == 128)
+        var colours = Set<UInt32>()
+        for p in stride(from: 0, to: rgb.count, by: 3) {
+            colours.insert(UInt32(rgb[p]) << 16 | UInt32(rgb[p + 1]) << 8 | UInt32(rgb[p + 2]))
+        }
+        #expect(colours.count == 1, "\(colours.count) colours")
+    }
+
     @Test func aVMThatDoesNotFitFailsTheGroupByName() throws {
         let image = try Support.guest("hello")
         let members = (0..<4).map { i in
