@@ -1,11 +1,13 @@
 /* debugme: the gdb stub's test guest (built with -g). main calls compute(6), which multiplies the
  * global `secret` (7) by its argument; the guest prints what it computed and writes the result to the
  * debug-exit port. Untouched it exits with 42 (status 85); a debugger that stops in compute and sets
- * secret = 5 makes it exit with 30 (status 61). `progress` marks the steps inside compute. */
+ * secret = 5 makes it exit with 30 (status 61). `progress` marks the steps inside compute; `rounds` is
+ * written three times (1, 2, 3) before compute runs, for write watchpoints. */
 #include "mv.h"
 
 volatile int secret = 7;
 volatile int progress;
+volatile int rounds;
 
 __attribute__((noinline)) int compute(int x) {
     progress = 1;
@@ -17,6 +19,7 @@ __attribute__((noinline)) int compute(int x) {
 int main(const struct mv_boot_info *bi) {
     (void)bi;
     mv_puts("debugme: start");
+    for (int i = 1; i <= 3; i++) rounds = i;
     int r = compute(6);
     mv_printf("debugme: secret=%d result=%d progress=%d\n", secret, r, progress);
     return r;

@@ -88,6 +88,47 @@ struct GDBStubTests {
         #expect(status == 43, "\(vmOut)")                           // (21 << 1) | 1
     }
 
+    /// `watch` on a variable the guest writes: on this software-KVM host too (read-only pages, not debug
+    /// registers), gdb stops after each write with the old and new values; deleted, the guest runs to its end.
+    @Test func writeWatchpointStopsWithOldAndNewValues() throws {
+        let (status, vmOut, gdbStatus, gdb) = try Self.debug("debugme", [
+            "watch rounds",
+            "continue",
+            "continue",
+            "print progress",
+            "delete",
+            "continue",
+        ])
+        #expect(gdbStatus == 0, "\(gdb)")
+        #expect(gdb.contains("Hardware watchpoint 1: rounds"), "\(gdb)")
+        #expect(gdb.contains("Old value = 0\nNew value = 1"), "first write: \(gdb)")
+        #expect(gdb.contains("Old value = 1\nNew value = 2"), "second write: \(gdb)")
+        #expect(!gdb.contains("New value = 3"), "deleted before the third write: \(gdb)")
+        #expect(gdb.contains("$1 = 0"), "stopped before compute ran: \(gdb)")
+        #expect(gdb.contains("exited with code 0125"), "\(gdb)")   // 85 in octal
+        #expect(vmOut.contains("debugme: secret=7 result=42 progress=2"), "\(vmOut)")
+        #expect(status == 85, "\(vmOut)")
+    }
+
+    /// Detaching with a write watchpoint set removes it: the guest runs to its end instead of stopping
+    /// (paused, with nobody to continue it) at the next write. A watchpoint on an address that is not RAM
+    /// (the IOAPIC's registers) is refused.
+    @Test func detachRemovesWriteWatchpointsAndNonRAMIsRefused() throws {
+        let (status, vmOut, gdbStatus, gdb) = try Self.debug("debugme", [
+            "watch *(int *)0xfec00000",
+            "continue",
+            "delete",
+            "watch rounds",
+            "continue",
+            "detach",
+        ])
+        #expect(gdbStatus == 0, "\(gdb)")
+        #expect(gdb.contains("Could not insert hardware watchpoint"), "\(gdb)")
+        #expect(gdb.contains("Old value = 0\nNew value = 1"), "\(gdb)")
+        #expect(vmOut.contains("debugme: secret=7 result=42 progress=2"), "\(vmOut)")
+        #expect(status == 85, "not the --timeout (12): \(vmOut)")
+    }
+
     @Test func detachLetsTheGuestFinish() throws {
         let (status, vmOut, gdbStatus, gdb) = try Self.debug("debugme", ["break compute", "continue", "detach"])
         #expect(gdbStatus == 0, "\(gdb)")
