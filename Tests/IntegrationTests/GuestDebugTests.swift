@@ -114,6 +114,27 @@ struct GuestDebugTests {
         #expect(m.unwatchedWritesOnWatchedPages >= 2)
     }
 
+    /// A watch across a page boundary, hit by one store that straddles it: KVM splits the store into one
+    /// exit per page, and both parts must land in memory before the vCPU stops (the second part exits
+    /// while the first one's instruction is being completed).
+    @Test func aStoreAcrossTwoWatchedPagesLandsWhole() throws {
+        let (m, q) = try boot()
+        let at = try Self.symbol("straddle") + 4094
+        let low = try #require(try m.translate(0, at)), high = try #require(try m.translate(0, at + 2))
+        try m.setWriteWatches([.init(address: at, ranges: [low..<(low + 2), high..<(high + 2)])])
+        #expect(m.ramSlots.readOnlyPages.count == 2)
+        try m.resume()
+        #expect(q.next() == .stopped(cpu: 0, reason: .writeWatch(at)))
+        try m.pause()
+        #expect(try m.memory.readBytes(at: low, count: 2) + m.memory.readBytes(at: high, count: 2) == [0x44, 0x33, 0x22, 0x11])
+        #expect(m.writeWatchHits == 2, "one exit per page, both inside the watch")
+        let rip = try m.registers(0).rip
+        #expect(try m.memory.readBytes(at: rip - 10, count: 2) == [0xc7, 0x05], "RIP is past the movl: 0x\(String(rip, radix: 16))")
+        try m.setWriteWatches([])
+        try m.resume()
+        #expect(m.wait() == .debugExit(42))
+    }
+
     /// Removing the watchpoints gives RAM its single slot back; two watchpoints on one page and one
     /// across a page boundary make the pages read-only once each; a watch outside RAM is refused.
     @Test func watchLayoutIsRestoredAndNonRAMRefused() throws {
