@@ -60,8 +60,11 @@ public enum LifecycleError: Error, Equatable, CustomStringConvertible, Sendable 
 /// - devices get the machine as their `DeviceContext` (bus registration through the PCI bus, which maps
 ///   BARs; memory slots, ioeventfds, irqfds, IRQ lines, MSIs, guest memory) from any thread; resources
 ///   come from `resources`, whose own lock is never held while calling out;
-/// - the machine's own state (run state, boot plan, stop reason, pausable devices, debug handler) is
-///   one `State` behind one Mutex, never held while calling out.
+/// - write watchpoints: `setWriteWatches` (VM not running) makes pages read-only through `ramSlots`
+///   (RAM's memory slots, its own lock) and stores the watch list in `State`; a vCPU thread whose guest
+///   wrote to such a page performs the write and looks the list up (`performWatchedPageWrite`);
+/// - the machine's own state (run state, boot plan, stop reason, pausable devices, debug handler, write
+///   watchpoints) is one `State` behind one Mutex, never held while calling out.
 public final class Machine: MachineControl, DeviceContext, @unchecked Sendable {
     public let configuration: MachineConfiguration
     public let kvm: KVMSystem
