@@ -20,6 +20,11 @@
  *     runs the new contents. The same with the PV doorbell is reported but not required (an ioeventfd
  *     doorbell is asynchronous by design).
  *
+ *  7. a sweep over all of graphics memory (the isolation test runs this guest beside a victim VM): GTT
+ *     entries every 16 MiB outside the vGPU's slices are dropped, GM-address registers refuse them, and
+ *     STORE_DATA_IMM / COLOR_BLT / SAXPY aimed every 512 MiB outside the slices are rejected.
+ *
+ * "rounds=N" on the command line repeats sections 2 to 7 N times (default 1).
  * Prints "vgpu adversarial ok" only if every check held.
  */
 #include "vgpu/vgpu.h"
@@ -639,7 +644,52 @@ static void test_change_after_doorbell(void) {
     mv_puts("checked: changes after the doorbell do not affect what runs");
 }
 
+/* ------------------------------------------------------------------ 7. a sweep over all of GM */
+
+static void test_sweep(void) {
+    uint64_t want = (uint64_t)(uintptr_t)good_ram | VGPU_GTT_VALID;
+    unsigned gtt = 0, regs = 0, cmds = 0;
+    for (uint64_t gm = 0; gm < gpu.gm_size; gm += 16ull << 20) {
+        if (vgpu_gm_in_slices(&gpu, gm, 4096)) continue;
+        vgpu_gtt_write(&gpu, gm, want);
+        uint64_t r = vgpu_gtt_read(&gpu, gm);
+        CHECK(r == 0, "sweep: GTT entry for GM 0x%lx outside the slices reads 0x%lx\n", gm, r);
+        gtt++;
+        if (gm >= (1ull << 32)) continue;
+        uint32_t surf = vgpu_read(&gpu, VGPU_REG_PRI_SURF);
+        vgpu_write(&gpu, VGPU_REG_PRI_SURF, (uint32_t)gm);
+        CHECK(vgpu_read(&gpu, VGPU_REG_PRI_SURF) == surf, "sweep: PRI_SURF accepted GM 0x%lx\n", gm);
+        regs++;
+    }
+    for (uint64_t gm = 0; gm < gpu.gm_size; gm += 512ull << 20) {
+        if (vgpu_gm_in_slices(&gpu, gm, 1 << 16)) continue;
+        uint32_t body[16];
+        struct vgpu_cmds c;
+        vgpu_cmds_init(&c, body, 16);
+        vgpu_store_dw(&c, gm, 0xbadbad02);
+        reject_case(&(struct rej){ "sweep: STORE_DATA_IMM into GM outside the slices", VGPU_RCS, VGPU_REASON_ADDRESS, 0, 0,
+                                   0, 0, 1, VGPU_CMD_STORE_DW, 1, gm, 0 }, c.dw, c.len, 0);
+        vgpu_cmds_init(&c, body, 16);
+        vgpu_saxpy(&c, 1024, 0x3f800000u, gpu.hid_base, gm);
+        reject_case(&(struct rej){ "sweep: SAXPY writing GM outside the slices", VGPU_RCS, VGPU_REASON_ADDRESS, 0, 0,
+                                   0, 0, 0, 0, 0, 0, 0 }, c.dw, c.len, 0);
+        struct vgpu_surface other = { gm, 4096, 1024, 16 };
+        vgpu_cmds_init(&c, body, 16);
+        vgpu_color_blt(&c, &other, 0, 0, 1024, 16, 0x00badbad);
+        reject_case(&(struct rej){ "sweep: COLOR_BLT onto GM outside the slices", VGPU_BCS, VGPU_REASON_ADDRESS, 0, 0,
+                                   0, 0, 0, 0, 0, 0, 0 }, c.dw, c.len, 0);
+        cmds += 3;
+    }
+    mv_printf("checked: sweep over GM: %u GTT entries dropped, %u PRI_SURF writes refused, %u commands rejected\n",
+              gtt, regs, cmds);
+}
+
 int main(const struct mv_boot_info *bi) {
+    size_t rn = 0;
+    int rok = 1;
+    const char *rv = mv_cmdline_value((const char *)(uintptr_t)bi->cmdline_addr, bi->cmdline_len, "rounds", &rn);
+    uint64_t rounds = rv ? mv_parse_u64(rv, rn, &rok) : 1;
+    if (!rok || rounds == 0) rounds = 1;
     if (vgpu_init(&gpu, bi) != 0) {
         mv_puts("vgpu adversarial FAIL: no usable vGPU");
         return 1;
@@ -667,11 +717,15 @@ int main(const struct mv_boot_info *bi) {
     mv_printf("outside GM used for operands: 0x%lx; good page GM 0x%lx, probe page GM 0x%lx\n", outside_gm, good_gm, probe_gm);
 
     test_access_sizes();
-    test_gtt_outside();
-    test_gm_registers();
-    test_gtt_targets();
-    test_rejections();
-    test_change_after_doorbell();
+    for (uint64_t round = 0; round < rounds; round++) {
+        test_gtt_outside();
+        test_gm_registers();
+        test_gtt_targets();
+        test_rejections();
+        test_change_after_doorbell();
+        test_sweep();
+        if (rounds > 1) mv_printf("vgpu adversarial: round %lu of %lu done, %u failed so far\n", round + 1, rounds, failures);
+    }
 
     /* A last normal submission on each engine, by interrupt. */
     for (int e = 0; e < 2; e++) {

@@ -5,6 +5,8 @@
  * Ring 3 compares every pixel, read through BAR2, with a software model. Then the primary plane scans the
  * framebuffer out and the guest asks the VMM for a screenshot (port 0xf5; minivisor run --screenshot
  * PATH). Prints four sample pixels as "vgpu fill pixel X Y 0xRRGGBB" and "vgpu fill ok".
+ * "tint=RRGGBB" (hex) on the command line XORs every colour with it, so VMs sharing a GPU draw different
+ * pictures.
  */
 #include "vgpu/vgpu.h"
 
@@ -22,7 +24,7 @@ struct op {
     int sx, sy;
 };
 
-static const struct op ops[] = {
+static struct op ops[] = {
     { FILL, 0, 0, W, H, 0x000000ff, 0, 0 },            /* clear: blue (sent in the ring) */
     { FILL, 40, 40, 240, 200, 0x00ff0000, 0, 0 },      /* red */
     { FILL, 300, 100, 500, 300, 0x0000ff00, 0, 0 },    /* green */
@@ -101,7 +103,23 @@ static int wait(int e, uint32_t seq, const char *what) {
     return rc;
 }
 
+static uint32_t hex(const char *s, size_t n) {
+    uint32_t v = 0;
+    for (size_t i = 0; i < n; i++) {
+        char c = s[i];
+        uint32_t d = c >= '0' && c <= '9' ? (uint32_t)(c - '0') : c >= 'a' && c <= 'f' ? (uint32_t)(c - 'a' + 10)
+                   : c >= 'A' && c <= 'F' ? (uint32_t)(c - 'A' + 10) : 0;
+        v = v << 4 | d;
+    }
+    return v;
+}
+
 int main(const struct mv_boot_info *bi) {
+    size_t tn = 0;
+    const char *t = mv_cmdline_value((const char *)(uintptr_t)bi->cmdline_addr, bi->cmdline_len, "tint", &tn);
+    uint32_t tint = t ? hex(t, tn) & 0xffffff : 0;
+    for (unsigned i = 0; i < MV_ARRAY_SIZE(ops); i++) ops[i].color ^= tint;
+    if (tint) mv_printf("tint 0x%06x\n", tint);
     if (vgpu_init(&gpu, bi) != 0) {
         mv_puts("vgpu fill FAIL: no usable vGPU");
         return 1;

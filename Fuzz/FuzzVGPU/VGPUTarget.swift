@@ -265,7 +265,7 @@ struct Script {
 func vgpuSeeds() -> [(name: String, bytes: [UInt8])] {
     // The slices as GPUHost's default partition gives the first vGPU (the rig's).
     let p = GPUHost.Partition()
-    let ap = p.hostAperture, hid = GPUConfig().apertureSize + p.hostHidden
+    let ap = p.hostAperture, hid = GPUHost.defaultConfig.apertureSize + p.hostHidden
     let ringRAM: UInt64 = Layout.ramWindow            // aperture page 0 -> RAM page 0x200
     let batchRAM: UInt64 = Layout.ramWindow + 0x1000  // aperture page 1 -> RAM page 0x201
     var seeds: [(String, [UInt8])] = []

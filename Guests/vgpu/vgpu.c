@@ -478,7 +478,7 @@ int vgpu_init(struct vgpu *v, const struct mv_boot_info *bi) {
     if (v->aperture_total != v->bar2_size) warn(v, "APERTURE_SIZE_MB << 20 vs BAR2 size", v->aperture_total, v->bar2_size);
 
     int bad = 0;
-    if (v->id < 1 || v->id > 7) { mv_printf("vgpu: PV_VGPU_ID %u is not 1..7\n", v->id); bad = 1; }
+    if (v->id < 1 || v->id > 32) { mv_printf("vgpu: PV_VGPU_ID %u is not 1..32\n", v->id); bad = 1; }
     if ((v->ap_base | v->ap_size | v->hid_base | v->hid_size) & 4095) {
         mv_puts("vgpu: slices are not page aligned");
         bad = 1;

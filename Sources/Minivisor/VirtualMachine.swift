@@ -14,9 +14,12 @@ public struct VGPUOptions: Sendable {
     public var screenshotPath: String?
     /// Virtual vblank rate.
     public var refreshRate: Double = 60
-    public init(host: GPUHost? = nil, screenshotPath: String? = nil) {
+    /// The vGPU's type: its graphics-memory slices and scheduling weight.
+    public var type: VGPUType = .default
+    public init(host: GPUHost? = nil, screenshotPath: String? = nil, type: VGPUType = .default) {
         self.host = host
         self.screenshotPath = screenshotPath
+        self.type = type
     }
 }
 
@@ -71,7 +74,7 @@ public final class VirtualMachine: Sendable {
         self.screenshotLog = screenshotLog
         screenshotPath = options?.screenshotPath
         if let o = options {
-            let v = try VGPU(context: machine, host: o.host ?? GPUHost.shared, refreshRate: o.refreshRate, logger: logger)
+            let v = try VGPU(context: machine, host: o.host ?? GPUHost.shared, type: o.type, refreshRate: o.refreshRate, logger: logger)
             vgpu = v
             let path = o.screenshotPath
             try machine.pioBus.register(ScreenshotPort { [weak v] in
@@ -102,6 +105,7 @@ public final class VirtualMachine: Sendable {
     }
 
     private func finish(_ reason: ExitReason) -> ExitReason {
+        machine.serial.flushOutput()
         if let v = vgpu {
             if let path = screenshotPath {
                 let image = v.scanout()

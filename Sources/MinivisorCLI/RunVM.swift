@@ -6,6 +6,7 @@ import MinivisorCommands
 /// `minivisor run`: checks the files, builds the VM, opens the outputs, runs the guest and exits with
 /// its status (README "Exit status").
 func runVM(_ request: RunRequest) -> Never {
+    if request.configFile != nil { runGroup(request) }
     if let error = request.checkFiles() { fail(error.message, status: error.status) }
     TerminationSignals.start(seccomp: request.seccomp)
     let level = request.logLevel
@@ -19,7 +20,7 @@ func runVM(_ request: RunRequest) -> Never {
     let vm: VirtualMachine
     do {
         vm = try VirtualMachine(image: request.bootImage, configuration: config,
-                                vgpu: request.vgpu ? VGPUOptions(screenshotPath: request.screenshot) : nil)
+                                vgpu: request.vgpu ? VGPUOptions(screenshotPath: request.screenshot, type: request.vgpuType) : nil)
     } catch let e as KVMUnavailable {
         fail("\(e)", status: CLIStatus.usage)
     } catch let e as ImageError {
@@ -59,4 +60,62 @@ func runVM(_ request: RunRequest) -> Never {
         fail("\(error); exit status \(CLIStatus.hostError) instead of \(reason.exitStatus) (\(reason))", status: CLIStatus.hostError)
     }
     Glibc.exit(reason.exitStatus)
+}
+
+/// `minivisor run --config FILE`: builds every VM the file describes (one GPU for their vGPUs), runs them
+/// at once, prints one line per VM on stderr when all have ended, and exits with the status of the first
+/// VM (in file order) whose status is not 0, or 0 (docs/config.md).
+func runGroup(_ request: RunRequest) -> Never {
+    let file: ConfigFile
+    switch ConfigFile.load(path: request.configFile!) {
+    case .failure(let e): fail(e.message, status: e.status)
+    case .success(let f): file = f
+    }
+    if kvmDeviceProblem(request) { fail("MINIVISOR_KVM_DEVICE \(quoted(request.kvmDevicePath)) is not a character device: unset it or point it at /dev/kvm", status: CLIStatus.usage) }
+    TerminationSignals.start(seccomp: request.seccomp)
+    let level = request.logLevel
+    LoggingSystem.bootstrap { label in
+        var h = StreamLogHandler.standardError(label: label)
+        h.logLevel = level
+        return h
+    }
+    let group: VMGroup
+    do {
+        group = try VMGroup(request.members(of: file))
+    } catch let e as VMGroup.GroupError {
+        if case .vm(_, let underlying) = e, !isConfigurationError(underlying) {
+            fail("cannot create the VMs: \(e)", status: CLIStatus.hostError)
+        }
+        fail("\(e)", status: CLIStatus.usage)
+    } catch {
+        fail("\(error)", status: CLIStatus.usage)   // OutputError: an output that is an input or another output
+    }
+    TerminationSignals.register(group.vms)
+    let outcomes: [VMGroup.Outcome]
+    do {
+        try group.start()
+        outcomes = group.wait()
+    } catch {
+        fail("\(error)", status: isConfigurationError(error) ? CLIStatus.usage : CLIStatus.hostError)
+    }
+    var status: Int32 = 0
+    for o in outcomes {
+        var line = "minivisor: VM \(o.name): exit status \(o.exitStatus) (\(o.reason))"
+        if let e = o.screenshotError { line += "; \(e)" }
+        writeStderr(line + "\n")
+        if status == 0 { status = o.exitStatus }
+    }
+    Glibc.exit(status)
+}
+
+/// Errors that are the user's to fix (status 2), as opposed to host failures (14).
+private func isConfigurationError(_ e: any Error) -> Bool {
+    if let g = e as? VMGroup.GroupError, case .vm(_, let u) = g { return isConfigurationError(u) }
+    return e is KVMUnavailable || e is ImageError || e is ConfigurationError || e is OutputError
+        || e is GPUHost.AllocationError || e is VMGroup.GroupError
+}
+
+private func kvmDeviceProblem(_ r: RunRequest) -> Bool {
+    var st = stat()
+    return stat(r.kvmDevicePath, &st) == 0 && (st.st_mode & S_IFMT) != S_IFCHR
 }

@@ -16,7 +16,7 @@ enum TerminationSignals {
     static let handled: [Int32] = [SIGINT, SIGTERM, SIGHUP]
 
     private struct State {
-        var vm: VirtualMachine?
+        var vms: [VirtualMachine] = []
         var received: Int32?
     }
     private static let state = Mutex(State())
@@ -46,24 +46,27 @@ enum TerminationSignals {
     }
 
     /// Stops `vm` on the first signal; stops it now when one came while it was being built.
-    static func register(_ vm: VirtualMachine) {
+    static func register(_ vm: VirtualMachine) { register([vm]) }
+
+    /// Stops every one of `vms` on the first signal (`--config`).
+    static func register(_ vms: [VirtualMachine]) {
         let pending = state.withLock { s -> Int32? in
-            s.vm = vm
+            s.vms += vms
             return s.received
         }
-        if let n = pending { vm.stop(.signal(n)) }
+        if let n = pending { for vm in vms { vm.stop(.signal(n)) } }
     }
 
     private static func received(_ n: Int32) {
-        let (first, vm) = state.withLock { s -> (Bool, VirtualMachine?) in
+        let (first, vms) = state.withLock { s -> (Bool, [VirtualMachine]) in
             let first = s.received == nil
             if first { s.received = n }
-            return (first, s.vm)
+            return (first, s.vms)
         }
         guard first else {
             writeStderr("minivisor: \(signalName(n)) while the VM was stopping: exiting now\n")
             _exit(ExitReason.signalStatus)
         }
-        vm?.stop(.signal(n))
+        for vm in vms { vm.stop(.signal(n)) }
     }
 }

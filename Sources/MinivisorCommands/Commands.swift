@@ -59,6 +59,12 @@ struct Run: ParsableCommand {
     @Flag(help: "Give the guest a mediated vGPU (PCI 4d56:0001, see docs/vgpu.md).")
     var vgpu = false
 
+    @Option(name: .customLong("vgpu-type"), help: "With --vgpu: the vGPU type, small, medium (default) or large: its graphics-memory slices and scheduling weight (docs/vgpu.md section 2).")
+    var vgpuType: String?
+
+    @Option(help: "Run the VMs a JSON file describes, in this process, sharing one GPU (docs/config.md); no IMAGE then. Flags given with it (--timeout, --log-level, --no-seccomp) apply to every VM.")
+    var config: String?
+
     @Option(help: "With --vgpu: write the display as PNG to PATH (a regular file) when the guest writes to port 0xf5 and when the VM ends.")
     var screenshot: String?
 

@@ -40,6 +40,8 @@ public struct RunRequest: Equatable, Sendable {
     public var modules: [String]
     public var timeoutSeconds: Double?
     public var vgpu: Bool
+    /// --vgpu-type (the default type without it).
+    public var vgpuType: VGPUType = .default
     public var screenshot: String?
     public var pit: MachineConfiguration.PITMode
     public var logLevel: Logger.Level
@@ -51,6 +53,8 @@ public struct RunRequest: Equatable, Sendable {
     public var gdbPort: Int? = nil
     /// --gdb-wait: stop before the first guest instruction until gdb continues.
     public var gdbWait: Bool = false
+    /// --config FILE: run the VMs the file describes instead of one (`ConfigFile`).
+    public var configFile: String? = nil
 
     /// The timeout as a Duration (whole milliseconds; the range check keeps it far from overflow).
     public var timeout: Duration? {
@@ -229,11 +233,30 @@ extension Run {
         let seconds = try timeout.map { t throws(CLIError) in try checkTimeout(t) }
         let gdbPort = try gdb.map { p throws(CLIError) in try wholeNumber(p, flag: "--gdb", range: 0...65535, example: "1234") }
         if gdbWait && gdbPort == nil { throw CLIError("--gdb-wait needs a port to wait on: add --gdb PORT") }
+        var type = VGPUType.default
+        if let t = vgpuType {
+            guard vgpu else { throw CLIError("--vgpu-type needs a vGPU: add --vgpu") }
+            guard let known = VGPUType.named(t) else {
+                throw CLIError("--vgpu-type \(quoted(t)) is not a vGPU type: use \(VGPUType.names)")
+            }
+            type = known
+        }
+        if let c = config {
+            guard !c.isEmpty else { throw CLIError("--config needs a path: give a JSON file, e.g. --config vms.json") }
+            let alone = [("an IMAGE", image != nil), ("--vgpu", vgpu), ("--screenshot", screenshot != nil),
+                         ("--module", !modules.isEmpty), ("--gdb", gdbPort != nil), ("--cmdline", !cmdline.isEmpty),
+                         ("--serial", serial != "stdio"), ("--memory", memory != "256M"), ("--cpus", self.cpus != "1"),
+                         ("--pit", pit != "auto")]
+            if let (what, _) = alone.first(where: { $0.1 }) {
+                throw CLIError("--config describes every VM: give \(what) per VM in the file, not on the command line")
+            }
+        }
         let kvm = environment["MINIVISOR_KVM_DEVICE"] ?? "/dev/kvm"
         guard !kvm.isEmpty else { throw CLIError("MINIVISOR_KVM_DEVICE is empty: unset it or point it at /dev/kvm") }
         return RunRequest(image: image, memoryBytes: memoryBytes, cpus: cpus, cmdline: cmdline, serial: serialChoice,
-                          modules: modules, timeoutSeconds: seconds, vgpu: vgpu, screenshot: screenshot, pit: pitMode,
-                          logLevel: level, kvmDevicePath: kvm, seccomp: !noSeccomp, gdbPort: gdbPort, gdbWait: gdbWait)
+                          modules: modules, timeoutSeconds: seconds, vgpu: vgpu, vgpuType: type, screenshot: screenshot, pit: pitMode,
+                          logLevel: level, kvmDevicePath: kvm, seccomp: !noSeccomp, gdbPort: gdbPort, gdbWait: gdbWait,
+                          configFile: config)
     }
 }
 
@@ -251,11 +274,11 @@ extension Bench {
 /// The longest --timeout: 365 days.
 let maximumTimeoutSeconds = 31_536_000.0
 
-func checkTimeout(_ text: String) throws(CLIError) -> Double {
-    let range = "give seconds from 0.001 to \(Int(maximumTimeoutSeconds)) (365 days), e.g. --timeout 10"
-    guard let t = Double(text) else { throw CLIError("--timeout \(quoted(text)) is not a number: \(range)") }
+func checkTimeout(_ text: String, label: String = "--timeout", example: String = "--timeout 10") throws(CLIError) -> Double {
+    let range = "give seconds from 0.001 to \(Int(maximumTimeoutSeconds)) (365 days), e.g. \(example)"
+    guard let t = Double(text) else { throw CLIError("\(label) \(quoted(text)) is not a number: \(range)") }
     guard t.isFinite, t >= 0.001, t <= maximumTimeoutSeconds else {
-        throw CLIError("--timeout \(quoted(text)) is out of range: \(range)")
+        throw CLIError("\(label) \(quoted(text)) is out of range: \(range)")
     }
     return t
 }
@@ -289,19 +312,21 @@ func parseSize(_ text: String) -> SizeParse {
 /// "24105M": a byte count for messages, in MiB rounded down.
 func sizeText(_ bytes: UInt64) -> String { "\(bytes >> 20)M" }
 
-func checkMemory(_ text: String) throws(CLIError) -> UInt64 {
+/// `label` names the value in messages ("--memory", or a configuration file's field), `example` shows a
+/// good one.
+func checkMemory(_ text: String, label: String = "--memory", example: String = "--memory 256M") throws(CLIError) -> UInt64 {
     let maxBytes = min(hostPhysicalMemory(), MemoryLayout.maximumRAM) & ~(MemoryLayout.pageSize - 1)
-    let range = "give 4M to \(sizeText(maxBytes)) (this host's physical memory), e.g. --memory 256M"
+    let range = "give 4M to \(sizeText(maxBytes)) (this host's physical memory), e.g. \(example)"
     switch parseSize(text) {
     case .invalid:
-        throw CLIError("--memory \(quoted(text)) is not a size: use a number with an optional K, M, G or T suffix; \(range)")
+        throw CLIError("\(label) \(quoted(text)) is not a size: use a number with an optional K, M, G or T suffix; \(range)")
     case .overflow:
-        throw CLIError("--memory \(quoted(text)) is more than this host's physical memory: \(range)")
+        throw CLIError("\(label) \(quoted(text)) is more than this host's physical memory: \(range)")
     case .bytes(let b):
-        guard b >= MemoryLayout.minimumRAM else { throw CLIError("--memory \(quoted(text)) is too small: \(range)") }
-        guard b <= maxBytes else { throw CLIError("--memory \(quoted(text)) is more than this host's physical memory: \(range)") }
+        guard b >= MemoryLayout.minimumRAM else { throw CLIError("\(label) \(quoted(text)) is too small: \(range)") }
+        guard b <= maxBytes else { throw CLIError("\(label) \(quoted(text)) is more than this host's physical memory: \(range)") }
         guard b % MemoryLayout.pageSize == 0 else {
-            throw CLIError("--memory \(quoted(text)) is not a multiple of 4K: \(range)")
+            throw CLIError("\(label) \(quoted(text)) is not a multiple of 4K: \(range)")
         }
         return b
     }

@@ -92,13 +92,18 @@ public final class GTT: @unchecked Sendable {
         self.apertureSize = apertureSize
         self.systemMemory = systemMemory
         pageCount = Int(gmSize / Self.pageSize)
-        entries = .allocate(capacity: pageCount)
-        for i in 0..<pageCount { (entries + i).initialize(to: Atomic(0)) }
+        // Anonymous zero pages, touched only where entries are written: a 4 GiB GM has a million entries
+        // (8 MiB), of which a few VMs use a small part. An all-zero Atomic<UInt64> is the invalid entry 0.
+        let bytes = pageCount * MemoryLayout<Atomic<UInt64>>.stride
+        guard let p = mmap(nil, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0),
+              p != MAP_FAILED else {
+            fatalError("cannot reserve \(bytes) bytes of address space for the GTT")
+        }
+        entries = p.bindMemory(to: Atomic<UInt64>.self, capacity: pageCount)
     }
 
     deinit {
-        entries.deinitialize(count: pageCount)
-        entries.deallocate()
+        munmap(UnsafeMutableRawPointer(entries), pageCount * MemoryLayout<Atomic<UInt64>>.stride)
     }
 
     /// GM range of the aperture (CPU-mappable) part.

@@ -88,6 +88,86 @@ struct GDBStubTests {
         #expect(status == 43, "\(vmOut)")                           // (21 << 1) | 1
     }
 
+    /// `watch` on a variable the guest writes: on this software-KVM host too (read-only pages, not debug
+    /// registers), gdb stops after each write with the old and new values; deleted, the guest runs to its end.
+    @Test func writeWatchpointStopsWithOldAndNewValues() throws {
+        let (status, vmOut, gdbStatus, gdb) = try Self.debug("debugme", [
+            "watch rounds",
+            "continue",
+            "continue",
+            "print progress",
+            "delete",
+            "continue",
+        ])
+        #expect(gdbStatus == 0, "\(gdb)")
+        #expect(gdb.contains("Hardware watchpoint 1: rounds"), "\(gdb)")
+        #expect(gdb.contains("Old value = 0\nNew value = 1"), "first write: \(gdb)")
+        #expect(gdb.contains("Old value = 1\nNew value = 2"), "second write: \(gdb)")
+        #expect(!gdb.contains("New value = 3"), "deleted before the third write: \(gdb)")
+        #expect(gdb.contains("$1 = 0"), "stopped before compute ran: \(gdb)")
+        #expect(gdb.contains("exited with code 0125"), "\(gdb)")   // 85 in octal
+        #expect(vmOut.contains("debugme: secret=7 result=42 progress=2"), "\(vmOut)")
+        #expect(status == 85, "\(vmOut)")
+    }
+
+    /// gdb's `detach` with a write watchpoint set (gdb removes it, z2, then D): the guest runs to its end
+    /// instead of stopping, with nobody to continue it, at the next write. A watchpoint on an address that
+    /// is not RAM (the IOAPIC's registers) is refused with an error packet.
+    @Test func detachRemovesWriteWatchpointsAndNonRAMIsRefused() throws {
+        let (status, vmOut, gdbStatus, gdb) = try Self.debug("debugme", [
+            "watch *(int *)0xfec00000",
+            "continue",
+            "delete",
+            "watch rounds",
+            "continue",
+            "detach",
+        ])
+        #expect(gdbStatus == 0, "\(gdb)")
+        #expect(gdb.contains("Could not insert hardware watchpoint"), "\(gdb)")
+        #expect(gdb.contains("Old value = 0\nNew value = 1"), "\(gdb)")
+        #expect(vmOut.contains("debugme: secret=7 result=42 progress=2"), "\(vmOut)")
+        #expect(status == 85, "not the --timeout (12): \(vmOut)")
+    }
+
+    /// A debugger that vanishes (no z2, no D: the connection just closes) while a write watchpoint is set:
+    /// the stub removes it itself, and the guest runs to its end instead of stopping at the next write.
+    @Test func aVanishedDebuggerLeavesNoWriteWatchpoint() throws {
+        let image = try Support.guest("debugme")
+        let (_, nm) = Support.run("/usr/bin/nm", [image])
+        let rounds = try #require(nm.split(separator: "\n").first { $0.hasSuffix(" B rounds") }.map { String($0.prefix(16)) })
+        let port = Self.freePort()
+        let vmOutput = Support.tempPath("gdb-vanish-\(port).txt")
+        defer { unlink(vmOutput) }
+        let vm = Support.spawnShell("\(Support.minivisor) run \(image) --gdb \(port) --gdb-wait --timeout 30 > \(vmOutput) 2>&1")
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        var addr = sockaddr_in()
+        addr.sin_family = sa_family_t(AF_INET)
+        addr.sin_port = in_port_t(UInt16(port).bigEndian)
+        addr.sin_addr.s_addr = UInt32(0x7f00_0001).bigEndian
+        var connected = false
+        for _ in 0..<50 where !connected {
+            connected = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                connect(fd, $0, socklen_t(Swift.MemoryLayout<sockaddr_in>.size)) == 0 } }
+            if !connected { usleep(100_000) }
+        }
+        #expect(connected)
+        let wire = "$Z2,\(rounds),4#00$c#00"   // the stub does not check checksums
+        _ = wire.utf8CString.withUnsafeBufferPointer { write(fd, $0.baseAddress, $0.count - 1) }
+        var received = ""
+        var buf = [UInt8](repeating: 0, count: 4096)
+        while !received.contains("watch:") {
+            let n = read(fd, &buf, buf.count)
+            if n <= 0 { break }
+            received += String(decoding: buf[0..<n], as: UTF8.self)
+        }
+        close(fd)
+        let status = Support.waitFor(vm)
+        let trimmed = rounds.drop { $0 == "0" }
+        #expect(received.contains("$OK#"), "\(received)")
+        #expect(received.contains("watch:\(trimmed);"), "\(received)")
+        #expect(status == 85, "not the --timeout (12): \(Support.readFile(vmOutput))")
+    }
+
     @Test func detachLetsTheGuestFinish() throws {
         let (status, vmOut, gdbStatus, gdb) = try Self.debug("debugme", ["break compute", "continue", "detach"])
         #expect(gdbStatus == 0, "\(gdb)")

@@ -78,6 +78,87 @@ struct GuestDebugTests {
         try m.resume()
         #expect(m.wait() == .debugExit(42))
     }
+
+    /// The linear address of debugme's `rounds` (written 1, 2, 3 before compute runs), from nm.
+    static func symbol(_ name: String) throws -> UInt64 {
+        let (_, nm) = Support.run("/usr/bin/nm", [try Support.guest("debugme")])
+        let line = nm.split(separator: "\n").first { $0.hasSuffix(" \(name)") }
+        return try #require(line.flatMap { UInt64($0.prefix(16), radix: 16) }, "\(name) missing from debugme: \(nm)")
+    }
+
+    /// A write watchpoint through a read-only page, on any host: each write to the watched variable
+    /// stops the vCPU after the writing instruction (memory already holds the new value, RIP is past
+    /// it); writes elsewhere on the page complete without a stop and are counted.
+    @Test func writeWatchStopsAfterEachWrite() throws {
+        let (m, q) = try boot()
+        #expect(m.supportsWriteWatches, "KVM_CAP_READONLY_MEM is missing on this host")
+        let rounds = try Self.symbol("rounds"), progress = try Self.symbol("progress")
+        #expect(rounds >> 12 == progress >> 12, "progress no longer shares rounds' page: the silent-write count below needs it")
+        let pa = try #require(try m.translate(0, rounds))
+        try m.setWriteWatches([.init(address: rounds, ranges: [pa..<(pa + 4)])])
+        let initial = m.ramSlots.layout
+        #expect(initial.contains { $0.readOnly && $0.guestAddress == pa & ~0xfff && $0.size == 0x1000 }, "\(initial)")
+        for value in 1...3 {
+            try m.resume()
+            #expect(q.next() == .stopped(cpu: 0, reason: .writeWatch(rounds)))
+            try m.pause()
+            #expect(try m.memory.read(Int32.self, at: pa) == Int32(value))
+            let rip = try m.registers(0).rip
+            let code = try m.memory.readBytes(at: rip - 6, count: 2)
+            #expect(code == [0x89, 0x05], "RIP is just past the `mov %eax, rounds(%rip)`: 0x\(String(rip, radix: 16))")
+        }
+        // progress = 1 and 2 land on the same read-only page: performed, no stop.
+        try m.resume()
+        #expect(m.wait() == .debugExit(42))
+        #expect(m.writeWatchHits == 3)
+        #expect(m.unwatchedWritesOnWatchedPages >= 2)
+    }
+
+    /// A watch across a page boundary, hit by one store that straddles it: KVM splits the store into one
+    /// exit per page, and both parts must land in memory before the vCPU stops (the second part exits
+    /// while the first one's instruction is being completed).
+    @Test func aStoreAcrossTwoWatchedPagesLandsWhole() throws {
+        let (m, q) = try boot()
+        let at = try Self.symbol("straddle") + 4094
+        let low = try #require(try m.translate(0, at)), high = try #require(try m.translate(0, at + 2))
+        try m.setWriteWatches([.init(address: at, ranges: [low..<(low + 2), high..<(high + 2)])])
+        #expect(m.ramSlots.readOnlyPages.count == 2)
+        try m.resume()
+        #expect(q.next() == .stopped(cpu: 0, reason: .writeWatch(at)))
+        try m.pause()
+        #expect(try m.memory.readBytes(at: low, count: 2) + m.memory.readBytes(at: high, count: 2) == [0x44, 0x33, 0x22, 0x11])
+        #expect(m.writeWatchHits == 2, "one exit per page, both inside the watch")
+        let rip = try m.registers(0).rip
+        #expect(try m.memory.readBytes(at: rip - 10, count: 2) == [0xc7, 0x05], "RIP is past the movl: 0x\(String(rip, radix: 16))")
+        try m.setWriteWatches([])
+        try m.resume()
+        #expect(m.wait() == .debugExit(42))
+    }
+
+    /// Removing the watchpoints gives RAM its single slot back; two watchpoints on one page and one
+    /// across a page boundary make the pages read-only once each; a watch outside RAM is refused.
+    @Test func watchLayoutIsRestoredAndNonRAMRefused() throws {
+        let (m, q) = try boot()
+        let before = m.ramSlots.layout
+        #expect(before.count == 1 && !before[0].readOnly)
+        try m.setWriteWatches([
+            .init(address: 1, ranges: [0x105040..<0x105044]),
+            .init(address: 2, ranges: [0x105044..<0x105048]),
+            .init(address: 3, ranges: [0x106ffe..<0x107000, 0x107000..<0x107002]),
+        ])
+        #expect(m.ramSlots.readOnlyPages == [0x105000, 0x106000, 0x107000])
+        #expect(m.ramSlots.layout.filter(\.readOnly).map { $0.guestAddress..<$0.end } == [0x105000..<0x108000])
+        #expect(throws: RAMSlotError.notRAM(page: 0xfec00000)) {
+            try m.setWriteWatches([.init(address: 4, ranges: [0xfec00000..<0xfec00004])])
+        }
+        #expect(m.ramSlots.readOnlyPages.count == 3, "a refused change keeps the watchpoints")
+        try m.setWriteWatches([])
+        #expect(m.ramSlots.layout == before)
+        try m.resume()
+        #expect(m.wait() == .debugExit(42))
+        #expect(m.writeWatchHits == 0)
+        _ = q
+    }
 }
 
 extension String {

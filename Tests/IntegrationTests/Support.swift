@@ -1,3 +1,4 @@
+import CLibpng
 import Glibc
 import Minivisor
 import Synchronization
@@ -15,6 +16,17 @@ enum Support {
     /// True when /dev/kvm can be opened. CI machines have it: there a missing /dev/kvm is a failure
     /// (see `KVMRequirementTests`), not a skip.
     static let kvmAvailable = KVMSystem.isAvailable
+
+    /// Decodes a PNG into (width, height, RGB bytes); nil when it cannot be read.
+    static func readPNG(_ path: String) -> (Int, Int, [UInt8])? {
+        var png = png_image()
+        png.version = UInt32(PNG_IMAGE_VERSION)
+        guard png_image_begin_read_from_file(&png, path) != 0 else { return nil }
+        png.format = UInt32(PNG_FORMAT_RGB)
+        var buf = [UInt8](repeating: 0, count: Int(png.width * png.height * 3))
+        guard png_image_finish_read(&png, nil, &buf, 0, nil) != 0 else { return nil }
+        return (Int(png.width), Int(png.height), buf)
+    }
 
     static let guestsBuilt = Mutex<Result<Void, GuestBuildError>?>(nil)
 

@@ -20,16 +20,7 @@ struct VGPUGuestTests {
         return (reason, capture.text, vm)
     }
 
-    /// Decodes a PNG into (width, height, RGB bytes).
-    func readPNG(_ path: String) -> (Int, Int, [UInt8])? {
-        var png = png_image()
-        png.version = UInt32(PNG_IMAGE_VERSION)
-        guard png_image_begin_read_from_file(&png, path) != 0 else { return nil }
-        png.format = UInt32(PNG_FORMAT_RGB)
-        var buf = [UInt8](repeating: 0, count: Int(png.width * png.height * 3))
-        guard png_image_finish_read(&png, nil, &buf, 0, nil) != 0 else { return nil }
-        return (Int(png.width), Int(png.height), buf)
-    }
+    func readPNG(_ path: String) -> (Int, Int, [UInt8])? { Support.readPNG(path) }
 
     @Test func fillAndCopyReachTheScreen() throws {
         let path = Support.tempPath("fill.png")

@@ -21,17 +21,19 @@ public enum GDBStubError: Error, Equatable, CustomStringConvertible, Sendable {
 /// as a whole (all-stop): when gdb attaches, on Ctrl-C, and when a vCPU hits a breakpoint, watchpoint or
 /// finishes a step. Supported: `?`, `g`/`G`, `p`/`P` (general-purpose registers, RIP and EFLAGS are
 /// writable), `m`/`M` through the stopped vCPU's page tables, `Z0`/`z0` (int3 placed by the stub; on
-/// kvm-pvm ring 0 the int3 stops the vCPU as an emulation failure, elsewhere as a #BP exit), `Z1`-`Z4`
-/// (DR0-DR3 through KVM_SET_GUEST_DEBUG; data watchpoints are refused on a software KVM host, where the
-/// instruction emulator never triggers them), `s`, `c`, `vCont`, Ctrl-C, `D` (detach: breakpoints
-/// removed, the guest continues), `k` (the VM ends as a power-off), `qXfer:features:read` (target.xml:
+/// kvm-pvm ring 0 the int3 stops the vCPU as an emulation failure, elsewhere as a #BP exit), `Z1`
+/// (DR0-DR3 through KVM_SET_GUEST_DEBUG), `Z2` write watchpoints of any length on every host with
+/// read-only memory slots (`Machine.setWriteWatches`: the watched pages become read-only, the stop comes
+/// after the writing instruction), `Z3`/`Z4` (DR0-DR3; refused on a software KVM host, where the
+/// instruction emulator never triggers them), `s`, `c`, `vCont`, Ctrl-C, `D` (detach: breakpoints and
+/// watchpoints removed, the guest continues), `k` (the VM ends as a power-off), `qXfer:features:read` (target.xml:
 /// x86-64 for ELF64 guests, i386 for multiboot guests), thread queries. The end of the VM is reported
 /// as `W` with minivisor's exit status.
 ///
 /// Threads and ownership: `init` (the caller's thread) creates the listening socket; `start()` spawns
 /// the stub's thread ("gdb"), which owns the sockets and every field of `Session`, runs under the `gdb`
 /// seccomp filter, and drives the VM only through `Machine`'s pause/resume/step/state API (the vCPU
-/// threads' mailboxes). The machine's debug handler (vCPU threads, monitor) only appends to `events`
+/// threads' mailboxes) and, for write watchpoints, `Machine.setWriteWatches` (memory slot ioctls). The machine's debug handler (vCPU threads, monitor) only appends to `events`
 /// (one Mutex) and signals `wakeup`.
 public final class GDBStub: @unchecked Sendable {
     public let machine: Machine
@@ -45,6 +47,8 @@ public final class GDBStub: @unchecked Sendable {
     private let view: RegisterView
     /// Data watchpoints need the CPU's debug-register checks, which kvm-pvm's emulator lacks.
     private let watchpointsWork: Bool
+    /// The longest write watchpoint (bytes) the stub accepts; gdb asks for whole variables.
+    static let maxWriteWatch = 1 << 16
 
     /// Listens on 127.0.0.1:`port` (0: any free port, see `port`). Throws `GDBStubError`.
     public init(machine: Machine, port: Int) throws {
@@ -106,6 +110,7 @@ public final class GDBStub: @unchecked Sendable {
         var lastStop: String = "S05"
         var softwareBreakpoints: [UInt64: (physical: UInt64, original: UInt8)] = [:]
         var hardware: [(address: UInt64, kind: Int, length: Int)?] = [nil, nil, nil, nil]
+        var writeWatches: [(length: Int, watch: Machine.WriteWatch)] = []
     }
 
     private func takeEvents() -> [DebugStop] {
@@ -233,6 +238,7 @@ public final class GDBStub: @unchecked Sendable {
             guard let w = s.hardware[i] else { return "T05\(t)" }
             let kind = w.kind == 2 ? "watch" : (w.kind == 3 ? "rwatch" : "awatch")
             return "T05\(t)\(kind):\(String(w.address, radix: 16));"
+        case .writeWatch(let address): return "T05\(t)watch:\(String(address, radix: 16));"
         case .step, .other: return "T05\(t)"
         }
     }
@@ -363,6 +369,8 @@ public final class GDBStub: @unchecked Sendable {
     }
 
     private func detach(_ s: inout Session) {
+        // A debugger that goes away while the guest runs: stop it to take the breakpoints out.
+        if machine.runState == .running { try? machine.pause() }
         removeBreakpoints(&s)
         s.waitingForStop = false
         try? machine.resume()
@@ -372,6 +380,10 @@ public final class GDBStub: @unchecked Sendable {
         for (_, bp) in s.softwareBreakpoints { try? machine.memory.write(bp.original, at: bp.physical) }
         s.softwareBreakpoints.removeAll()
         s.hardware = [nil, nil, nil, nil]
+        if !s.writeWatches.isEmpty {
+            s.writeWatches.removeAll()
+            try? machine.setWriteWatches([])
+        }
         machine.setSoftwareBreakpoints([])
         if machine.runState == .paused { applyGuestDebug(s) }
     }
@@ -393,6 +405,8 @@ public final class GDBStub: @unchecked Sendable {
                 try? machine.memory.write(bp.original, at: bp.physical)
             }
             machine.setSoftwareBreakpoints(Set(s.softwareBreakpoints.keys))
+        case 2 where machine.supportsWriteWatches:
+            return writeWatch(insert: insert, address: address, length: kind, &s)
         case 1...4:
             if type >= 2 && !watchpointsWork { return "" }   // gdb says so; `set can-use-hw-watchpoints 0` steps instead
             let length = type == 1 ? 1 : kind
@@ -407,6 +421,36 @@ public final class GDBStub: @unchecked Sendable {
         default: return ""
         }
         return applyGuestDebug(s) ? "OK" : "E01"
+    }
+
+    /// Z2/z2 through read-only pages: the watched bytes' guest-physical ranges come from vCPU
+    /// `generalThread`'s page tables now (later page-table changes do not move the watchpoint).
+    private func writeWatch(insert: Bool, address: UInt64, length: Int, _ s: inout Session) -> String {
+        if !insert {
+            guard let i = s.writeWatches.firstIndex(where: { $0.watch.address == address && $0.length == length }) else { return "OK" }
+            let removed = s.writeWatches.remove(at: i)
+            do { try machine.setWriteWatches(s.writeWatches.map(\.watch)) } catch {
+                s.writeWatches.insert(removed, at: i)
+                return "E01"
+            }
+            return "OK"
+        }
+        guard length > 0, length <= Self.maxWriteWatch else { return "E22" }
+        var ranges: [Range<UInt64>] = []
+        var a = address, left = UInt64(length)
+        while left > 0 {
+            let chunk = min(left, 4096 - (a & 4095))
+            guard let pa = try? machine.translate(s.generalThread, a) else { return "E14" }
+            ranges.append(pa..<(pa + chunk))
+            a &+= chunk
+            left -= chunk
+        }
+        s.writeWatches.append((length, Machine.WriteWatch(address: address, ranges: ranges)))
+        do { try machine.setWriteWatches(s.writeWatches.map(\.watch)) } catch {
+            s.writeWatches.removeLast()
+            return "E14"   // not RAM (MMIO, the vGPU aperture), or the host refused: gdb says it cannot insert it
+        }
+        return "OK"
     }
 
     @discardableResult

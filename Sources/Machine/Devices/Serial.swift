@@ -12,6 +12,10 @@ public enum SerialOutput: Sendable {
     case none
     /// Every transmitted byte is passed to the closure (called on a vCPU thread).
     case callback(@Sendable (UInt8) -> Void)
+    /// This process's standard output, a line at a time, each line written as `prefix` + the line in one
+    /// write (so the lines of several VMs sharing standard output never mix). A line longer than 4 KiB is
+    /// cut there; a last line without a newline is written, with one, when the VM ends (`flushOutput`).
+    case stdoutLines(prefix: String)
 }
 
 /// A 16550A UART (8 registers, divisor latch, 16-byte receive FIFO, THRE and RX-data interrupts).
@@ -37,17 +41,26 @@ public final class Serial16550: BusDevice {
     private let state = Mutex(State())
     private let sink: @Sendable (UInt8) -> Void
     private let setIRQ: @Sendable (Bool) -> Void
-    /// The descriptor writer for `.stdout` and `.file`; nil for `.none` and `.callback`.
+    /// The descriptor writer for `.stdout`, `.stdoutLines` and `.file`; nil for `.none` and `.callback`.
     private let output: SerialSink?
+    /// The pending line for `.stdoutLines`.
+    private let lines: PrefixedLines?
 
     /// `setIRQ` drives the UART's interrupt line (IRQ 4 for COM1). Opens nothing (see `SerialOutput.file`).
     public init(output: SerialOutput, setIRQ: @escaping @Sendable (Bool) -> Void) throws {
         self.setIRQ = setIRQ
+        var lines: PrefixedLines? = nil
         switch output {
         case .stdout:
             let s = SerialSink(.stdout)
             self.output = s
             sink = { s.write($0) }
+        case .stdoutLines(let prefix):
+            let s = SerialSink(.stdout)
+            self.output = s
+            let l = PrefixedLines(prefix: prefix, sink: s)
+            lines = l
+            sink = { l.append($0) }
         case .none:
             self.output = nil
             sink = { _ in }
@@ -59,6 +72,7 @@ public final class Serial16550: BusDevice {
             self.output = s
             sink = { s.write($0) }
         }
+        self.lines = lines
     }
 
     /// Opens the output file (`SerialOutput.file`) now, refusing any of `inputs`; a no-op for other
@@ -66,6 +80,10 @@ public final class Serial16550: BusDevice {
     public func openOutput(refusing inputs: [InputFile] = []) throws(OutputError) {
         try output?.open(refusing: inputs)
     }
+
+    /// Writes what is left of a last line (`.stdoutLines`), even after `cancelOutput`, waiting at most
+    /// about a second for a full pipe. Call once the VM has stopped.
+    public func flushOutput() { lines?.flush() }
 
     /// Makes a vCPU waiting to write output give up, and drops output from now on (the VM is stopping).
     /// Safe from any thread.
@@ -249,7 +267,9 @@ final class SerialSink: Sendable {
         withUnsafeBytes(of: &b) { write($0) }
     }
 
-    func write(_ bytes: UnsafeRawBufferPointer) {
+    /// `force`: write even after `cancel()` (the last line of a stopped VM), giving up after about a second
+    /// of waiting instead.
+    func write(_ bytes: UnsafeRawBufferPointer, force: Bool = false) {
         var (fd, failed, opened, method) = state.withLock { ($0.fd, $0.failed, $0.opened, $0.method) }
         guard !failed else { return }
         if !opened {
@@ -261,11 +281,13 @@ final class SerialSink: Sendable {
         }
         var done = 0
         var waitFirst = method == .pollThenWrite
+        var forcedWaits = 0
         while done < bytes.count {
-            if cancelled.load(ordering: .relaxed) { return }   // the VM is stopping: drop the rest
+            if !force && cancelled.load(ordering: .relaxed) { return }   // the VM is stopping: drop the rest
             if waitFirst {
                 var p = pollfd(fd: fd, events: Int16(POLLOUT), revents: 0)
                 let r = poll(&p, 1, 100)     // slices: `cancelled` is looked at again at least every 100 ms
+                if force && r == 0 { forcedWaits += 1; if forcedWaits >= 10 { return } }
                 if r == 0 || (r < 0 && errno == EINTR) { continue }
                 if r < 0 { reportFailure(errno); return }
                 // Ready, or POLLERR/POLLHUP: the write below tells which.
@@ -300,5 +322,46 @@ final class SerialSink: Sendable {
         guard first else { return }
         var line = "minivisor: \(message); serial output is dropped from here on, the guest keeps running\n"
         line.withUTF8 { b in _ = Glibc.write(2, b.baseAddress, b.count) }
+    }
+}
+
+/// The line being assembled for `SerialOutput.stdoutLines`, written whole with its prefix.
+///
+/// Threads and ownership: `append` runs on vCPU threads, `flush` on the thread that ends the VM; the
+/// pending bytes are in one Mutex, taken out under it and written after it is dropped.
+final class PrefixedLines: Sendable {
+    static let maximumLine = 4096
+    private let prefix: [UInt8]
+    private let sink: SerialSink
+    private let pending = Mutex<[UInt8]>([])
+
+    init(prefix: String, sink: SerialSink) {
+        self.prefix = Array(prefix.utf8)
+        self.sink = sink
+    }
+
+    func append(_ byte: UInt8) {
+        let line = pending.withLock { p -> [UInt8]? in
+            p.append(byte)
+            guard byte == 10 || p.count >= Self.maximumLine else { return nil }
+            defer { p.removeAll(keepingCapacity: true) }
+            return p
+        }
+        if let line { emit(line, force: false) }
+    }
+
+    func flush() {
+        let rest = pending.withLock { p -> [UInt8] in
+            defer { p.removeAll() }
+            return p
+        }
+        if !rest.isEmpty { emit(rest, force: true) }
+    }
+
+    private func emit(_ line: [UInt8], force: Bool) {
+        var out = prefix
+        out.append(contentsOf: line)
+        if out.last != 10 { out.append(10) }
+        out.withUnsafeBytes { sink.write($0, force: force) }
     }
 }

@@ -31,9 +31,9 @@ public enum GuestMemoryError: Error, Equatable, CustomStringConvertible, Sendabl
     }
 }
 
-/// Guest RAM: one memfd, mapped shared into this process once and registered with KVM as one slot below
-/// the MMIO hole and, when RAM is larger than the space below the hole, one slot at 4 GiB. Because it is a
-/// memfd, devices can map the same pages elsewhere (for example into a GPU aperture).
+/// Guest RAM: one memfd, mapped shared into this process once, in one region below the MMIO hole and, when
+/// RAM is larger than the space below the hole, one region at 4 GiB (`RAMSlotLayout` registers them with
+/// KVM). Because it is a memfd, devices can map the same pages elsewhere (for example into a GPU aperture).
 ///
 /// All accessors are bounds-checked: an access that is not wholly inside one RAM region returns an error
 /// value, never traps. The mapping is immutable after creation; concurrent access to guest memory has the
@@ -87,18 +87,6 @@ public final class GuestMemory: @unchecked Sendable {
     deinit {
         munmap(hostBase, Int(size))
         close(memfd)
-    }
-
-    /// Registers the regions as KVM memory slots starting at `firstSlot`; returns the next free slot.
-    @discardableResult
-    public func register(with vm: KVMVirtualMachine, firstSlot: UInt32 = 0) throws -> UInt32 {
-        var slot = firstSlot
-        for r in regions {
-            try vm.setUserMemoryRegion(slot: slot, guestPhysicalAddress: r.guestAddress, size: r.size,
-                                       userAddress: hostBase + Int(r.fileOffset))
-            slot += 1
-        }
-        return slot
     }
 
     /// True when [address, address+length) is wholly RAM.

@@ -34,7 +34,7 @@ public enum SeccompFilter: String, Sendable, CaseIterable {
     /// them; in the CLI it then writes the last screenshot, releases the vGPU and exits.
     case monitor
     /// The gdb stub's thread (`--gdb`): accepts the debugger's connection and speaks the remote protocol;
-    /// vCPU state goes through the vCPU threads' mailboxes.
+    /// vCPU state goes through the vCPU threads' mailboxes; write watchpoints change RAM's memory slots.
     case gdb
     /// The CLI's signal thread: waits for SIGINT, SIGTERM or SIGHUP (blocked everywhere else) and stops
     /// the VM (`Machine.requestStop`: a lock, kicks, a wake-up).
@@ -105,11 +105,12 @@ public enum SeccompFilter: String, Sendable, CaseIterable {
             ]
         case .gdb:
             // The listening socket is made before the thread starts; the thread accepts one debugger at
-            // a time and talks to it; guest memory is read through the mapping (no system call).
+            // a time and talks to it; guest memory is read through the mapping (no system call); write
+            // watchpoints make RAM pages read-only (memory slots of the VM).
             return Self.common + [
                 Rule("accept4"), Rule("accept"), Rule("setsockopt"), Rule("poll"), Rule("ppoll"),
                 Rule("recvfrom"), Rule("sendto"), Rule("shutdown"),
-            ]
+            ] + [CKVM_KVM_SET_USER_MEMORY_REGION].map(Rule.ioctl)
         case .signals:
             return Self.common + [Rule("rt_sigtimedwait")]
         }
@@ -183,6 +184,9 @@ extension Machine {
         case (.off, _), (.vmThreads, .monitor): return true
         default: break
         }
+        // The thread already runs under this filter (one thread monitoring several VMs in turn, `VMGroup`):
+        // loading it again would be refused, and would change nothing.
+        if let label = Seccomp.currentThreadLabel, label.hasSuffix("(\(filter.rawValue) filter)") { return true }
         do {
             try Seccomp.install(filter, thread: thread)
             return true

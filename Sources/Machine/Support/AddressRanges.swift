@@ -2,35 +2,36 @@
 /// of areas. The loaders use it for guest-physical memory (image segments, modules, boot structures), the
 /// `ResourceAllocator` for the PCI MMIO and port windows. All arithmetic is overflow-checked: any input
 /// gives an answer or nil, never a trap.
-struct AddressRanges {
-    struct Claim: Equatable {
-        let start: UInt64
-        let end: UInt64
-        let what: String
+public struct AddressRanges: Sendable {
+    public init() {}
+    public struct Claim: Equatable, Sendable {
+        public let start: UInt64
+        public let end: UInt64
+        public let what: String
     }
 
     /// Claimed ranges, sorted by start (they never overlap one another).
-    private(set) var claims: [Claim] = []
+    public private(set) var claims: [Claim] = []
 
     /// The first claim overlapping [start, end), if any. Empty ranges overlap nothing.
-    func overlap(_ start: UInt64, _ end: UInt64) -> Claim? {
+    public func overlap(_ start: UInt64, _ end: UInt64) -> Claim? {
         guard start < end else { return nil }
         return claims.first { $0.start < end && start < $0.end }
     }
 
     /// Claims [start, end) (the caller has checked it is free).
-    mutating func claim(_ start: UInt64, _ end: UInt64, _ what: String) {
+    public mutating func claim(_ start: UInt64, _ end: UInt64, _ what: String) {
         guard start < end else { return }
         let i = claims.firstIndex { $0.start > start } ?? claims.endIndex
         claims.insert(Claim(start: start, end: end, what: what), at: i)
     }
 
     /// Gives back the claim that starts at `start`.
-    mutating func release(start: UInt64) { claims.removeAll { $0.start == start } }
+    public mutating func release(start: UInt64) { claims.removeAll { $0.start == start } }
 
     /// The lowest `align`-aligned address at or above `from`, inside one of `areas`, where `size` bytes
     /// are unclaimed; nil when there is none. `align` is a power of two.
-    func place(size: UInt64, align: UInt64, from: UInt64, in areas: [Range<UInt64>]) -> UInt64? {
+    public func place(size: UInt64, align: UInt64, from: UInt64, in areas: [Range<UInt64>]) -> UInt64? {
         for area in areas {
             guard var a = Self.alignUp(max(area.lowerBound, from), align) else { continue }
             while a < area.upperBound, size <= area.upperBound - a {
@@ -43,7 +44,7 @@ struct AddressRanges {
     }
 
     /// The largest unclaimed, `align`-aligned block at or above `from` inside `areas` (for error messages).
-    func largestFree(align: UInt64, from: UInt64, in areas: [Range<UInt64>]) -> UInt64 {
+    public func largestFree(align: UInt64, from: UInt64, in areas: [Range<UInt64>]) -> UInt64 {
         var best: UInt64 = 0
         for area in areas {
             guard var a = Self.alignUp(max(area.lowerBound, from), align) else { continue }

@@ -60,8 +60,11 @@ public enum LifecycleError: Error, Equatable, CustomStringConvertible, Sendable 
 /// - devices get the machine as their `DeviceContext` (bus registration through the PCI bus, which maps
 ///   BARs; memory slots, ioeventfds, irqfds, IRQ lines, MSIs, guest memory) from any thread; resources
 ///   come from `resources`, whose own lock is never held while calling out;
-/// - the machine's own state (run state, boot plan, stop reason, pausable devices, debug handler) is
-///   one `State` behind one Mutex, never held while calling out.
+/// - write watchpoints: `setWriteWatches` (VM not running) makes pages read-only through `ramSlots`
+///   (RAM's memory slots, its own lock) and stores the watch list in `State`; a vCPU thread whose guest
+///   wrote to such a page performs the write and looks the list up (`performWatchedPageWrite`);
+/// - the machine's own state (run state, boot plan, stop reason, pausable devices, debug handler, write
+///   watchpoints) is one `State` behind one Mutex, never held while calling out.
 public final class Machine: MachineControl, DeviceContext, @unchecked Sendable {
     public let configuration: MachineConfiguration
     public let kvm: KVMSystem
@@ -72,6 +75,8 @@ public final class Machine: MachineControl, DeviceContext, @unchecked Sendable {
     public let pciBus: PCIBus
     /// PCI device numbers, GSIs, PCI MMIO and port windows, KVM memory slots.
     public let resources: ResourceAllocator
+    /// The KVM memory slots backing RAM (read-only pages for write watchpoints).
+    public let ramSlots: RAMSlotLayout
     public let serial: Serial16550
     public let logger: Logger
     /// Lines the guest can cause from vCPU exits (int3 recoveries, unhandled exits), rate-limited per kind.
@@ -82,6 +87,9 @@ public final class Machine: MachineControl, DeviceContext, @unchecked Sendable {
     /// Signalled on every event the monitor waits for (stop, pause, resume).
     private let events = DispatchSemaphore(value: 0)
     let int3Recoveries = Atomic<UInt64>(0)
+    /// Guest writes to write-watched pages: those that hit a watched range and those that did not.
+    let watchHits = Atomic<UInt64>(0)
+    let watchedPageWrites = Atomic<UInt64>(0)
     /// Halt queries sent (each is one forced exit per vCPU).
     let haltQueries = Atomic<UInt64>(0)
 
@@ -93,6 +101,7 @@ public final class Machine: MachineControl, DeviceContext, @unchecked Sendable {
         var pausable: [any PausableDevice] = []
         var debugHandler: (@Sendable (DebugStop) -> Void)?
         var stdinReader: StdinReader?
+        var writeWatches: [WriteWatch] = []
     }
     private let state = Mutex(State())
 
@@ -111,7 +120,12 @@ public final class Machine: MachineControl, DeviceContext, @unchecked Sendable {
         try vm.createIRQChip()
         memory = try GuestMemory(bytes: configuration.memoryBytes)
         resources = ResourceAllocator()
-        for slot in 0..<(try memory.register(with: vm)) { _ = try resources.allocateMemorySlot(slot) }
+        let ram = memory
+        ramSlots = try RAMSlotLayout(regions: memory.regions, resources: resources,
+                                     readOnlySupported: kvm.extensionValue(KVM_CAP_READONLY_MEM) > 0) { [vm] slot, piece in
+            try vm.setUserMemoryRegion(slot: slot, guestPhysicalAddress: piece?.guestAddress ?? 0, size: piece?.size ?? 0,
+                                       userAddress: piece.map { ram.hostBase + Int($0.hostOffset) }, readOnly: piece?.readOnly ?? false)
+        }
 
         pioBus = Bus(name: "port", logger: logger)
         mmioBus = Bus(name: "mmio", logger: logger)
@@ -458,6 +472,62 @@ public final class Machine: MachineControl, DeviceContext, @unchecked Sendable {
         try commandWhilePaused("set guest debugging on", index, .setGuestDebug(debug))
     }
 
+    /// A write watchpoint: guest writes that overlap `ranges` stop the writing vCPU once the writing
+    /// instruction completed (`DebugStop.Reason.writeWatch(address)`).
+    public struct WriteWatch: Sendable, Equatable {
+        /// The debugger's name for it (gdb: the guest-virtual address), reported back on a hit.
+        public var address: UInt64
+        /// The watched bytes, guest-physical (one range per guest page the watched bytes lie in).
+        public var ranges: [Range<UInt64>]
+        public init(address: UInt64, ranges: [Range<UInt64>]) {
+            self.address = address
+            self.ranges = ranges
+        }
+    }
+
+    /// Whether `setWriteWatches` works on this host (KVM can make guest memory read-only).
+    public var supportsWriteWatches: Bool { ramSlots.readOnlySupported }
+
+    /// Replaces the write watchpoints. Works on any host with KVM_CAP_READONLY_MEM (no debug registers
+    /// involved): the pages holding watched bytes become read-only slots (`ramSlots`), so a guest write
+    /// there exits; the vCPU thread performs the write itself, and stops when it touched a watched byte.
+    /// Writes by devices through host pointers (the vGPU's) and through other mappings of the same RAM
+    /// (the vGPU aperture) are not seen. The VM must not be running (created or paused). Throws
+    /// `LifecycleError` for the wrong state and `RAMSlotError` (a range that is not RAM, no read-only
+    /// memory on this host, KVM refusing); the previous watchpoints then stay.
+    public func setWriteWatches(_ watches: [WriteWatch]) throws {
+        let s = runState
+        guard s == .paused || s == .created else { throw LifecycleError.wrongState(operation: "change the write watchpoints of", state: s) }
+        var pages: Set<UInt64> = []
+        for w in watches {
+            for r in w.ranges where !r.isEmpty {
+                guard memory.contains(r.lowerBound, length: UInt64(r.count)) else {
+                    throw RAMSlotError.notRAM(page: r.lowerBound & ~(MemoryLayout.pageSize - 1))
+                }
+                var p = r.lowerBound & ~(MemoryLayout.pageSize - 1)
+                while p < r.upperBound { pages.insert(p); p += MemoryLayout.pageSize }
+            }
+        }
+        try ramSlots.setReadOnlyPages(pages)
+        state.withLock { $0.writeWatches = watches }
+    }
+
+    /// Guest writes to write-watched pages that touched a watched byte (each stopped the vCPU).
+    public var writeWatchHits: UInt64 { watchHits.load(ordering: .relaxed) }
+
+    /// Guest writes to write-watched pages that touched no watched byte (completed without a stop).
+    public var unwatchedWritesOnWatchedPages: UInt64 { watchedPageWrites.load(ordering: .relaxed) }
+
+    /// On a vCPU thread: a guest write of `data` at guest-physical `address` in RAM exited because the page is
+    /// read-only (write-watched). Performs it and returns the watchpoint it hit, if any.
+    func performWatchedPageWrite(_ address: UInt64, _ data: UnsafeRawBufferPointer) -> UInt64? {
+        try? memory.write(data, at: address)
+        let written = address..<(address + UInt64(data.count))
+        let hit = state.withLock { s in s.writeWatches.first { $0.ranges.contains { $0.overlaps(written) } }?.address }
+        if hit == nil { watchedPageWrites.add(1, ordering: .relaxed) } else { watchHits.add(1, ordering: .relaxed) }
+        return hit
+    }
+
     /// Runs paused vCPU `index` for one instruction while the others stay paused; the stop arrives at
     /// the debug handler (`DebugStop.stopped(cpu:, reason: .step)`), or another stop comes first.
     public func step(_ index: Int) throws {
@@ -476,6 +546,9 @@ public enum DebugStop: Sendable, Equatable {
         case hardwareBreakpoint(Int)
         /// A watchpoint (DR0-DR3 index) triggered by an access.
         case watchpoint(Int)
+        /// A write watchpoint (`Machine.setWriteWatches`) was written: the writing instruction has
+        /// completed, memory holds the new value. The watchpoint's `address`.
+        case writeWatch(UInt64)
         /// Another debug exception (dr6 as KVM reported it).
         case other(dr6: UInt64)
     }

@@ -117,6 +117,8 @@ final class VCPUContext: @unchecked Sendable {
         var stepping = false
         /// The last exit was an I/O or MMIO access KVM completes on the next KVM_RUN.
         var accessPending = false
+        /// A guest write hit a write watchpoint (its address): the vCPU stops before running on.
+        var watchHit: UInt64?
         var debug = KVMVCPU.GuestDebug()
     }
     var local = Local()
@@ -195,12 +197,16 @@ final class VCPUContext: @unchecked Sendable {
 
     /// Completes an I/O or MMIO access in progress without running further guest instructions (KVM
     /// finishes it on KVM_RUN before looking at immediate_exit), so state reads see an instruction boundary.
-    private func completePendingAccess() {
-        guard local.accessPending else { return }
-        local.accessPending = false
-        vcpu.setImmediateExit(true)
-        _ = try? vcpu.run()
-        vcpu.setImmediateExit(false)
+    /// An instruction whose access KVM splits (a write across a page boundary into MMIO or a read-only
+    /// page) exits once per part: each further part is dispatched like any access.
+    func completePendingAccess(_ machine: Machine) {
+        while local.accessPending {
+            local.accessPending = false
+            vcpu.setImmediateExit(true)
+            let exit = try? vcpu.run()
+            vcpu.setImmediateExit(false)
+            if let exit { _ = machine.dispatchAccess(exit, self) }
+        }
     }
 
     private func applyDebug() throws {
@@ -216,28 +222,28 @@ final class VCPUContext: @unchecked Sendable {
         }
         switch command {
         case .pause:
-            completePendingAccess()
+            completePendingAccess(machine)
             local.paused = true
             return .success(.done)
         case .resume:
             local.paused = false
             return .success(.done)
         case .step:
-            completePendingAccess()
+            completePendingAccess(machine)
             local.stepping = true
             local.paused = false
             return attempt { try applyDebug(); return .done }
         case .getState:
-            completePendingAccess()
+            completePendingAccess(machine)
             return attempt { .state(try VCPUState.read(vcpu)) }
         case .setState(let s):
-            completePendingAccess()
+            completePendingAccess(machine)
             return attempt { try s.write(vcpu); return .done }
         case .getRegisters:
-            completePendingAccess()
+            completePendingAccess(machine)
             return attempt { .registers(try vcpu.getRegisters()) }
         case .setRegisters(let r):
-            completePendingAccess()
+            completePendingAccess(machine)
             return attempt { try vcpu.setRegisters(r); return .done }
         case .setGuestDebug(let d):
             local.debug = d
@@ -292,6 +298,11 @@ extension Machine {
         while true {
             c.serviceMailbox(self)
             if stopping.load(ordering: .sequentiallyConsistent) { break }
+            if let hit = c.local.watchHit {
+                c.local.watchHit = nil
+                c.debugStop(.writeWatch(hit), self)
+                continue
+            }
             let exit: VMExit
             do { exit = try vcpu.run() } catch {
                 requestStop(.hostError("\(error)"))
@@ -299,19 +310,14 @@ extension Machine {
             }
             c.exits.add(1, ordering: .relaxed)
             c.local.accessPending = false
+            if dispatchAccess(exit, c) {
+                // A watched write stops the vCPU after its instruction, so the debugger sees the new value.
+                if c.local.watchHit != nil { c.completePendingAccess(self) }
+                continue
+            }
             switch exit {
-            case let .io(port, size, isWrite, count, data):
-                c.local.accessPending = true
-                var p = data
-                for _ in 0..<max(count, 1) {
-                    if isWrite { pioBus.write(UInt64(port), UnsafeRawBufferPointer(start: p, count: size)) }
-                    else { pioBus.read(UInt64(port), UnsafeMutableRawBufferPointer(start: p, count: size)) }
-                    p += size
-                }
-            case let .mmio(address, size, isWrite, data):
-                c.local.accessPending = true
-                if isWrite { mmioBus.write(address, UnsafeRawBufferPointer(start: data, count: size)) }
-                else { mmioBus.read(address, UnsafeMutableRawBufferPointer(start: data, count: size)) }
+            case .io, .mmio:
+                break   // dispatchAccess
             case .interrupted:
                 vcpu.setImmediateExit(false)
             case .halt:
@@ -338,6 +344,37 @@ extension Machine {
                 vcpuLog.log(.warning, "unhandled KVM exit", "vCPU \(vcpu.id): unhandled KVM exit reason \(reason)")
                 requestStop(.hostError("unhandled KVM exit reason \(reason) on vCPU \(vcpu.id)"))
             }
+        }
+    }
+
+    /// On vCPU `c`'s thread: hands an I/O or MMIO exit to the buses and marks the access pending (KVM
+    /// completes it on the next KVM_RUN). A write to RAM exits only when its page is read-only (a write
+    /// watchpoint): it is performed here, and a hit is left in `c.local.watchHit`. Returns false for
+    /// other exits.
+    func dispatchAccess(_ exit: VMExit, _ c: VCPUContext) -> Bool {
+        switch exit {
+        case let .io(port, size, isWrite, count, data):
+            c.local.accessPending = true
+            var p = data
+            for _ in 0..<max(count, 1) {
+                if isWrite { pioBus.write(UInt64(port), UnsafeRawBufferPointer(start: p, count: size)) }
+                else { pioBus.read(UInt64(port), UnsafeMutableRawBufferPointer(start: p, count: size)) }
+                p += size
+            }
+            return true
+        case let .mmio(address, size, isWrite, data):
+            c.local.accessPending = true
+            if isWrite, memory.contains(address, length: UInt64(size)) {
+                if let hit = performWatchedPageWrite(address, UnsafeRawBufferPointer(start: data, count: size)),
+                   c.local.watchHit == nil { c.local.watchHit = hit }
+            } else if isWrite {
+                mmioBus.write(address, UnsafeRawBufferPointer(start: data, count: size))
+            } else {
+                mmioBus.read(address, UnsafeMutableRawBufferPointer(start: data, count: size))
+            }
+            return true
+        default:
+            return false
         }
     }
 

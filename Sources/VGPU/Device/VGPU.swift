@@ -45,6 +45,8 @@ public final class VGPU: PCIFunction, BusDevice, PausableDevice, DispatchClient,
 
     public let id: Int
     public let slices: GMSlices
+    /// The type the vGPU was created with (its slice sizes and scheduling weight).
+    public let type: VGPUType
     public let host: GPUHost
     public let config: PCIConfigSpace
     /// Guest RAM: strong (it does not refer back to the vGPU).
@@ -156,14 +158,15 @@ public final class VGPU: PCIFunction, BusDevice, PausableDevice, DispatchClient,
     /// Creates the vGPU, adds it to the context's PCI bus (at 00:`slot`.0, or the lowest free device
     /// number; the bus gives BAR0 and BAR2 addresses in the PCI MMIO window and routes INTA#), registers it
     /// as a pausable device, starts its mediator thread and attaches it to the GPU's engine dispatchers.
-    public init(context: any DeviceContext, host: GPUHost, slot: Int? = nil, refreshRate: Double = 60,
-                logger: Logger = Logger(label: "minivisor.vgpu")) throws {
+    public init(context: any DeviceContext, host: GPUHost, type: VGPUType = .default, slot: Int? = nil,
+                refreshRate: Double = 60, logger: Logger = Logger(label: "minivisor.vgpu")) throws {
         self.context = context
         let memory = context.memory
         self.memory = memory
         self.host = host
         self.logger = logger
-        let (id, slices) = try host.allocate()
+        let (id, slices) = try host.allocate(type: type)
+        self.type = type
         self.id = id
         log = RateLimitedLog(logger: logger, source: "vgpu\(id)")
         self.slices = slices

@@ -3,43 +3,63 @@ import SoftGPU
 import Synchronization
 
 /// The physical GPU shared by every vGPU in this process, and its graphics-memory partition (GVT-g's
-/// static partitioning): the host keeps the first `hostAperture` bytes of the aperture and the first
-/// `hostHidden` bytes of the hidden range (shadow rings and batches live there); each vGPU gets one
-/// contiguous slice of each after that. Each physical engine has one `EngineDispatcher`, the scheduler that
-/// runs the vGPUs' checked work on it.
+/// static partitioning): the host keeps the first `hostAperture` bytes of the aperture and, at the start
+/// of the hidden range, one shadow arena per possible vGPU (shadow rings and batches live there). Each
+/// vGPU gets one slice of the aperture and one of the hidden range, sized by its `VGPUType`, placed
+/// first-fit in what is free. Each physical engine has one `EngineDispatcher`, the scheduler that runs the
+/// vGPUs' checked work on it.
 ///
-/// Threads and ownership: the partition's slot table and the bus-window counter are each behind a Mutex;
-/// `gpu` and the dispatchers are safe from any thread; `deinit` stops the dispatchers, then the GPU.
+/// Threads and ownership: `allocate`/`release` may run on any thread (VMs are built and torn down on
+/// their callers' threads); the partition's bookkeeping and the bus-window counter are each behind a
+/// Mutex; `gpu` and the dispatchers are safe from any thread; `deinit` stops the dispatchers, then the GPU.
 public final class GPUHost: @unchecked Sendable {
     public struct Partition: Sendable {
+        /// Aperture the host keeps (never given to a vGPU).
         public var hostAperture: UInt64 = 32 << 20
-        public var hostHidden: UInt64 = 128 << 20
-        public var vgpuAperture: UInt64 = 64 << 20
-        public var vgpuHidden: UInt64 = 256 << 20
+        /// The host-owned shadow arena of each vGPU (its two engines' shadow rings and batches).
+        public var shadowArenaBytes: UInt64 = 16 << 20
+        /// The most vGPUs at once (ids 1...maxVGPUs): the hidden reserve holds this many arenas.
+        public var maxVGPUs: Int = 32
+        /// Hidden GM the host keeps: the shadow arenas.
+        public var hostHidden: UInt64 { UInt64(maxVGPUs) * shadowArenaBytes }
         public init() {}
     }
+
+    /// The software GPU a `GPUHost()` builds: 4 GiB of graphics memory with a 256 MiB aperture (BAR2
+    /// stays in the 32-bit PCI window), room for 18 `medium` vGPUs.
+    public static let defaultConfig = GPUConfig(gmSize: 4 << 30, apertureSize: 256 << 20)
 
     public let gpu: SoftGPU
     public let partition: Partition
     /// One scheduler per physical engine (index: `EngineID.rawValue`), FIFO unless told otherwise.
     public let dispatchers: [EngineDispatcher]
     public func dispatcher(_ e: EngineID) -> EngineDispatcher { dispatchers[e.rawValue] }
-    private let slots = Mutex<[Bool]>([])
+
+    private struct Allocation {
+        var ids: [Bool]
+        var aperture = AddressRanges()
+        var hidden = AddressRanges()
+        var owners: [Int: (aperture: UInt64, hidden: UInt64)] = [:]
+    }
+    private let allocation: Mutex<Allocation>
     private let nextBusBase = Mutex<UInt64>(1 << 40)
 
-    public init(config: GPUConfig = GPUConfig(), partition: Partition = Partition()) {
+    public init(config: GPUConfig = GPUHost.defaultConfig, partition: Partition = Partition()) {
         var c = config
         c.refreshRate = nil   // vblanks are virtual, per vGPU
         gpu = SoftGPU(config: c)
-        self.partition = partition
         do {
             dispatchers = try EngineID.allCases.map { try EngineDispatcher(engine: $0) }
         } catch {
             fatalError("GPUHost: cannot create the engine dispatchers' eventfds: \(error) (raise the open-file limit)")
         }
-        let count = Int(min((c.apertureSize - partition.hostAperture) / partition.vgpuAperture,
-                            (c.gmSize - c.apertureSize - partition.hostHidden) / partition.vgpuHidden, 7))
-        slots.withLock { $0 = Array(repeating: false, count: max(count, 0)) }
+        var p = partition
+        // A GPU too small for the reserve keeps what fits (a test's small GPU): arenas first.
+        let hiddenBytes = c.gmSize - c.apertureSize
+        p.maxVGPUs = max(0, min(p.maxVGPUs, Int(hiddenBytes / max(p.shadowArenaBytes, 1)) - 1))
+        p.hostAperture = min(p.hostAperture, c.apertureSize)
+        self.partition = p
+        allocation = Mutex(Allocation(ids: Array(repeating: false, count: p.maxVGPUs)))
     }
 
     deinit {
@@ -47,32 +67,74 @@ public final class GPUHost: @unchecked Sendable {
         gpu.shutdown()
     }
 
-    /// How many vGPUs fit.
-    public var capacity: Int { slots.withLock { $0.count } }
+    /// The aperture and hidden GM vGPU slices are placed in.
+    public var apertureArea: Range<UInt64> { partition.hostAperture..<gpu.config.apertureSize }
+    public var hiddenArea: Range<UInt64> {
+        let start = gpu.config.apertureSize + partition.hostHidden
+        return min(start, gpu.config.gmSize)..<gpu.config.gmSize
+    }
 
-    public enum AllocationError: Error, CustomStringConvertible {
-        case full(Int)
+    /// How many vGPUs of `type` fit on an otherwise empty GPU.
+    public func capacity(of type: VGPUType = .default) -> Int {
+        let byAperture = type.apertureBytes == 0 ? Int.max : Int(UInt64(apertureArea.count) / type.apertureBytes)
+        let byHidden = type.hiddenBytes == 0 ? Int.max : Int(UInt64(hiddenArea.count) / type.hiddenBytes)
+        return min(byAperture, byHidden, partition.maxVGPUs)
+    }
+
+    /// How many vGPUs of the default type fit on an otherwise empty GPU.
+    public var capacity: Int { capacity(of: .default) }
+
+    /// vGPUs in use now.
+    public var inUse: Int { allocation.withLock { $0.ids.filter { $0 }.count } }
+
+    public enum AllocationError: Error, CustomStringConvertible, Equatable {
+        /// Every id is taken.
+        case tooMany(max: Int)
+        /// The graphics memory has no free range for a slice: which one, how big, the largest free.
+        case noRoom(type: String, slice: String, wanted: UInt64, largestFree: UInt64)
+
         public var description: String {
             switch self {
-            case .full(let n): return "the GPU has room for \(n) vGPUs and all are in use: stop a VM first"
+            case .tooMany(let n):
+                return "the GPU has room for \(n) vGPUs and all are in use: stop a VM first"
+            case let .noRoom(type, slice, wanted, free):
+                return "the GPU's graphics memory is exhausted: a \(type) vGPU needs a \(wanted >> 20) MiB \(slice) slice " +
+                       "and the largest free one is \(free >> 20) MiB: use a smaller vGPU type (\(VGPUType.names)) or stop a VM first"
             }
         }
     }
 
-    /// Reserves a vGPU id (1-based) and its slices.
-    func allocate() throws -> (id: Int, slices: GMSlices) {
-        let index: Int? = slots.withLock { s in
-            guard let i = s.firstIndex(of: false) else { return nil }
-            s[i] = true
-            return i
+    /// Reserves a vGPU id (1-based) and slices of `type`'s sizes.
+    func allocate(type: VGPUType = .default) throws(AllocationError) -> (id: Int, slices: GMSlices) {
+        let apArea = apertureArea, hidArea = hiddenArea
+        let result = allocation.withLock { a -> Result<(Int, GMSlices), AllocationError> in
+            guard let i = a.ids.firstIndex(of: false) else { return .failure(.tooMany(max: a.ids.count)) }
+            let align: UInt64 = 1 << 20
+            guard let ap = a.aperture.place(size: type.apertureBytes, align: align, from: 0, in: [apArea]) else {
+                return .failure(.noRoom(type: type.name, slice: "aperture", wanted: type.apertureBytes,
+                                        largestFree: a.aperture.largestFree(align: align, from: 0, in: [apArea])))
+            }
+            guard let hid = a.hidden.place(size: type.hiddenBytes, align: align, from: 0, in: [hidArea]) else {
+                return .failure(.noRoom(type: type.name, slice: "hidden", wanted: type.hiddenBytes,
+                                        largestFree: a.hidden.largestFree(align: align, from: 0, in: [hidArea])))
+            }
+            a.ids[i] = true
+            a.aperture.claim(ap, ap + type.apertureBytes, "vgpu\(i + 1)")
+            a.hidden.claim(hid, hid + type.hiddenBytes, "vgpu\(i + 1)")
+            a.owners[i + 1] = (ap, hid)
+            return .success((i + 1, GMSlices(aperture: ap..<(ap + type.apertureBytes), hidden: hid..<(hid + type.hiddenBytes))))
         }
-        guard let i = index else { throw AllocationError.full(capacity) }
-        let ap = partition.hostAperture + UInt64(i) * partition.vgpuAperture
-        let hid = gpu.config.apertureSize + partition.hostHidden + UInt64(i) * partition.vgpuHidden
-        return (i + 1, GMSlices(aperture: ap..<(ap + partition.vgpuAperture), hidden: hid..<(hid + partition.vgpuHidden)))
+        return try result.get()
     }
 
-    func release(id: Int) { slots.withLock { if id >= 1 && id <= $0.count { $0[id - 1] = false } } }
+    func release(id: Int) {
+        allocation.withLock { a in
+            guard id >= 1 && id <= a.ids.count, let o = a.owners.removeValue(forKey: id) else { return }
+            a.ids[id - 1] = false
+            a.aperture.release(start: o.aperture)
+            a.hidden.release(start: o.hidden)
+        }
+    }
 
     /// A fresh bus-address window for one VM's guest RAM (VMs never share bus addresses).
     func busWindow(bytes: UInt64) -> UInt64 {
@@ -83,9 +145,8 @@ public final class GPUHost: @unchecked Sendable {
         }
     }
 
-    /// Host-owned GM for the shadow buffers of vGPU `id`: a window in the host's hidden reserve.
+    /// Host-owned GM for the shadow buffers of vGPU `id` (1-based): its arena in the host's hidden reserve.
     func shadowArena(id: Int) -> (gm: UInt64, bytes: UInt64) {
-        let per = partition.hostHidden / 8
-        return (gpu.config.apertureSize + UInt64(id) * per, per)
+        (gpu.config.apertureSize + UInt64(id - 1) * partition.shadowArenaBytes, partition.shadowArenaBytes)
     }
 }
