@@ -44,6 +44,8 @@ public struct OutputFile: Sendable, Equatable {
         case serial
         /// `--screenshot PATH` (`VGPUOptions.screenshotPath`): a regular file or a character device.
         case screenshot
+        /// `--trace PATH`: the GPU scheduler's timeline (Chrome trace event JSON), a regular file.
+        case trace
     }
     public let kind: Kind
     public let path: String
@@ -54,6 +56,7 @@ public struct OutputFile: Sendable, Equatable {
         switch kind {
         case .serial: return "--serial file:\(quoted(path))"
         case .screenshot: return "--screenshot \(quoted(path))"
+        case .trace: return "--trace \(quoted(path))"
         }
     }
 
@@ -61,7 +64,7 @@ public struct OutputFile: Sendable, Equatable {
     var accepted: String {
         switch kind {
         case .serial: return "give a regular file, a FIFO or a character device"
-        case .screenshot: return "give a regular file"
+        case .screenshot, .trace: return "give a regular file"
         }
     }
 }
