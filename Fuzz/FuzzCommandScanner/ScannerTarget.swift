@@ -141,7 +141,7 @@ final class Rig: @unchecked Sendable {   // used by the fuzzing thread only
         }
         guard next <= Layout.arenaBytes else { fuzzFinding("accepted batches (\(next) bytes) exceed ScanLimits.maxTotalBatchBytes") }
         // The physical TAIL must be qword aligned; a fragment of an odd number of dwords (HEAD 4 mod 8) gets
-        // a NOOP, as in VGPU.execute (Sources/VGPU/Mediator.swift), which does not count it either.
+        // a NOOP, as in VGPU.execute (Sources/VGPU/Submission/Pipeline.swift), which does not count it either.
         let noop = CommandTable.info(.noop).header
         let padded = buffers[0].dwords.count % 2 == 1
         if padded { buffers[0].dwords.append(noop) }

@@ -42,15 +42,14 @@ enum Layout {
     static let busyTimeout: Duration = .seconds(60)
 }
 
-/// Every register offset an input can name with one byte: the vGPU's policy table, its PV and error blocks,
-/// and a few offsets nobody claims.
+/// Every register offset an input can name with one byte: every element of the vGPU's register rows (the
+/// statistics block's unassigned rest by its first offset only), and a few offsets nobody claims.
 let registers: [UInt32] = {
-    var r = Set(RegisterPolicy.table.keys)
-    for v in [VGPURegs.pvMagic, VGPURegs.pvVersion, VGPURegs.pvVGPUID, VGPURegs.pvApertureBase, VGPURegs.pvApertureSize,
-              VGPURegs.pvHiddenBase, VGPURegs.pvHiddenSize, VGPURegs.pvGMSize, VGPURegs.pvSharedPage, VGPURegs.pvSharedPage + 4,
-              VGPURegs.pvDoorbellRCS, VGPURegs.pvDoorbellBCS, VGPURegs.errStatus, VGPURegs.errEngine, VGPURegs.errReason,
-              VGPURegs.errOpcode, VGPURegs.errCommandGM, VGPURegs.errCommandGM + 4, VGPURegs.errLevel, VGPURegs.errOperand,
-              VGPURegs.errOperand + 4, VGPURegs.errCount, VGPURegs.errOffset, 0x1000, 0x7_fffc] { r.insert(v) }
+    var r: Set<UInt32> = [0x1000, 0x7_fffc]
+    for row in VGPURegisterFile.rows {
+        for off in row.name == VGPURegisterFile.reservedStatistics ? [row.offset] : row.offsets { r.insert(off) }
+    }
+    precondition(r.count <= 256, "the fuzzer names registers with one byte")
     return r.sorted()
 }()
 

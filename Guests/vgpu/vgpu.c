@@ -822,11 +822,13 @@ int vgpu_wait_irq(struct vgpu *v, int e, uint32_t seq, uint64_t ticks) {
 /* ---------------------------------------------------------------- display */
 
 void vgpu_display_set(struct vgpu *v, uint64_t surface_gm, unsigned width, unsigned height, uint32_t stride) {
+    /* The pipe first: with it on, the PRI_SURF write arms a flip that the next vblank completes (while the
+     * pipe is off, a flip completes at once, docs/vgpu.md section 4). */
+    vgpu_write(v, VGPU_REG_PIPE_CONF, VGPU_PIPE_ENABLE);
     vgpu_write(v, VGPU_REG_PRI_CTL, VGPU_PRI_CTL_VALUE(1));
     vgpu_write(v, VGPU_REG_PRI_STRIDE, stride);
     vgpu_write(v, VGPU_REG_PRI_SIZE, (height & 0xffff) << 16 | (width & 0xffff));
     vgpu_write(v, VGPU_REG_PRI_SURF, (uint32_t)surface_gm);
-    vgpu_write(v, VGPU_REG_PIPE_CONF, VGPU_PIPE_ENABLE);
 }
 
 void vgpu_display_off(struct vgpu *v) {

@@ -71,22 +71,24 @@ struct SeccompTests {
         #expect(Self.seccompMode(task: "thread-self") == 0, "the test's own thread must stay unfiltered")
     }
 
-    /// The vGPU's mediator and executor threads run under a filter (kernel's view: Seccomp: 2).
+    /// The vGPU's mediator thread and its GPU's engine dispatcher threads run under a filter (kernel's view: Seccomp: 2).
     @Test func vgpuDeviceThreadsAreFiltered() throws {
         var c = MachineConfiguration()
         c.memoryBytes = 16 << 20
         c.serialOutput = .none
+        let host = GPUHost()
         let vm = try VirtualMachine(image: .realModeBlob([0xfa, 0xf4], loadAddress: 0x7c00), configuration: c,
-                                    vgpu: VGPUOptions(host: GPUHost()))
-        let prefix = "vgpu\(vm.vgpu!.id)-"
+                                    vgpu: VGPUOptions(host: host))
+        let mediator = "vgpu\(vm.vgpu!.id)-mediator"
+        let dispatchers = ["gpu\(host.number)-rcs", "gpu\(host.number)-bcs"]
         // The threads load their filter as their first act; wait for the kernel to show it (bounded).
         var modes: [String: Int] = [:]
         for _ in 0..<1000 {
-            modes = Self.threads().filter { $0.key.hasPrefix(prefix) }
+            modes = Self.threads().filter { $0.key == mediator || dispatchers.contains($0.key) }
             if modes.count == 3 && modes.values.allSatisfy({ $0 == 2 }) { break }
             usleep(10_000)
         }
-        #expect(modes == [prefix + "mediator": 2, prefix + "RCS": 2, prefix + "BCS": 2], "\(modes)")
+        #expect(modes == [mediator: 2, dispatchers[0]: 2, dispatchers[1]: 2], "\(modes)")
         #expect(vm.run() == .powerOff)
     }
 

@@ -73,6 +73,7 @@ private let D = Rig.dataGM
         let rig = try Rig()
         rig.gpu.writeRegister(Reg.imr, 0)
         rig.gpu.writeRegister(Reg.priSize, (8 << 16) | 16)
+        rig.gpu.writeRegister(Reg.pipeConf, Reg.pipeConfEnable)   // (pipe off, a flip completes at once)
         #expect(try rig.ring(.rcs, builder { $0.displayFlip(plane: .primary, gm: D + 0x10000, stride: 256) }) == .idle)
         #expect(rig.gpu.readRegister(Reg.priSurf) == UInt32(D + 0x10000))
         #expect(rig.gpu.readRegister(Reg.priStride) == 256)

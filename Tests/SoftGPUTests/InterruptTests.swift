@@ -51,6 +51,7 @@ import Testing
         rig.gpu.setInterruptHandler { log.record($0) }
         rig.gpu.writeRegister(Reg.imr, 0)
         rig.gpu.writeRegister(Reg.ier, Interrupt.vblank | Interrupt.flipDone)
+        rig.gpu.writeRegister(Reg.pipeConf, Reg.pipeConfEnable)   // vblanks by hand only (no timer)
         rig.gpu.writeRegister(Reg.priSurf, 0x1000)             // arms a flip
         rig.gpu.tickVBlank()
         #expect(rig.gpu.readRegister(Reg.iir) == Interrupt.vblank | Interrupt.flipDone)

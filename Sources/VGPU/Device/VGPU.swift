@@ -109,7 +109,7 @@ public final class VGPU: PCIFunction, BusDevice, PausableDevice, DispatchClient,
     /// Per engine: true while this vGPU's pass is on the physical engine (see "Threads and ownership").
     let passes = [PassFlag(), PassFlag()]
     private let lifecycle = Mutex<Bool>(true)   // running
-    /// True while the VM is paused: the executors start no pass.
+    /// True while the VM is paused: `runPass` starts no pass and `readyWork` offers nothing.
     private let pausedFlag = Mutex<Bool>(false)
     /// Per engine: held by `runPass` across a pass, so that `pause()` and `shutdown()` can wait for it to end.
     let runLocks = [SerialLock(), SerialLock()]

@@ -22,7 +22,7 @@ public protocol DispatchClient: AnyObject, Sendable {
 /// at a time and no engine lock.
 ///
 /// Threads and ownership:
-/// - the dispatcher thread (`gpu-rcs`, `gpu-bcs`) is started by the first `attach` and enters the
+/// - the dispatcher thread (`gpuN-rcs`, `gpuN-bcs`) is started by the first `attach` and enters the
 ///   seccomp filter the attaching client asks for (`sandbox`, the device filter of its VM); it is the only
 ///   thread that starts passes on the engine. It sleeps on `wake` (a blocking eventfd) until `notify()`;
 ///   a notification between its last look and its sleep is not lost (the eventfd counts);
@@ -34,6 +34,8 @@ public protocol DispatchClient: AnyObject, Sendable {
 /// - `stop()` (GPUHost's deinit) ends the thread after the pass in progress.
 public final class EngineDispatcher: @unchecked Sendable {
     public let engine: EngineID
+    /// The dispatcher thread's name (`gpuN-rcs` for GPUHost number N).
+    public let threadName: String
     private struct State {
         var clients: [any DispatchClient] = []
         var policy: any SchedulingPolicy
@@ -44,8 +46,9 @@ public final class EngineDispatcher: @unchecked Sendable {
     private let wake: EventFD
     private let tickets = Atomic<UInt64>(0)
 
-    public init(engine: EngineID, policy: any SchedulingPolicy = FIFOPolicy()) throws {
+    public init(engine: EngineID, threadName: String? = nil, policy: any SchedulingPolicy = FIFOPolicy()) throws {
         self.engine = engine
+        self.threadName = threadName ?? "gpu-\(engine)".lowercased()
         state = Mutex(State(policy: policy))
         wake = try EventFD(nonBlocking: false)
     }
@@ -66,7 +69,7 @@ public final class EngineDispatcher: @unchecked Sendable {
             return s.thread == nil && !s.stopping
         }
         if start {
-            let name = "gpu-\(engine)".lowercased()
+            let name = threadName
             let t = OSThread.spawn(name: name) { [self] in
                 sandbox(name)
                 loop()

@@ -31,6 +31,9 @@ public final class GPUHost: @unchecked Sendable {
 
     public let gpu: SoftGPU
     public let partition: Partition
+    /// This host's number in the process (0, 1, ...), in its dispatcher threads' names (`gpuN-rcs`).
+    public let number: Int
+    private static let hosts = Atomic<Int>(0)
     /// One scheduler per physical engine (index: `EngineID.rawValue`), FIFO unless told otherwise.
     public let dispatchers: [EngineDispatcher]
     public func dispatcher(_ e: EngineID) -> EngineDispatcher { dispatchers[e.rawValue] }
@@ -48,8 +51,10 @@ public final class GPUHost: @unchecked Sendable {
         var c = config
         c.refreshRate = nil   // vblanks are virtual, per vGPU
         gpu = SoftGPU(config: c)
+        let number = GPUHost.hosts.add(1, ordering: .relaxed).oldValue
+        self.number = number
         do {
-            dispatchers = try EngineID.allCases.map { try EngineDispatcher(engine: $0) }
+            dispatchers = try EngineID.allCases.map { try EngineDispatcher(engine: $0, threadName: "gpu\(number)-\($0)".lowercased()) }
         } catch {
             fatalError("GPUHost: cannot create the engine dispatchers' eventfds: \(error) (raise the open-file limit)")
         }
