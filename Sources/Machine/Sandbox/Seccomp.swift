@@ -122,6 +122,8 @@ public enum SeccompFilter: String, Sendable, CaseIterable {
                 Rule("recvfrom"), Rule("sendto"), Rule("sendmsg"), Rule("recvmsg"), Rule("setsockopt"), Rule("getsockopt"),
                 Rule("getpeername"), Rule("getsockname"), Rule("shutdown"), Rule("fcntl"), Rule("gettimeofday"),
                 Self.readOnlyOpen,
+                // getrlimit(RLIMIT_NOFILE) when a client connects: reading limits only (new_limit NULL).
+                Rule("prlimit64", arg: 2, mask: UInt64.max, value: 0),
             ]
         }
     }
