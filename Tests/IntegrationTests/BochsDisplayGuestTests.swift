@@ -174,7 +174,7 @@ struct BochsDisplayGuestTests {
             if n <= 0 { break }
             out += buf[0..<n]
         }
-        return String(decoding: out, as: UTF8.self)
+        return String(decoding: out.filter { $0 != 13 }, as: UTF8.self)   // serial lines end in CR LF
     }
 
     /// A binary PPM (P6, maxval 255) as (width, height, RGB bytes).
