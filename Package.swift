@@ -24,6 +24,8 @@ let package = Package(
                        providers: [.apt(["libelf-dev"])]),
         .systemLibrary(name: "CLibpng", pkgConfig: "libpng",
                        providers: [.apt(["libpng-dev"])]),
+        .systemLibrary(name: "CLibvncserver", pkgConfig: "libvncserver",
+                       providers: [.apt(["libvncserver-dev"])]),
         // libseccomp via pkg-config, and the per-thread filter loader with its SIGSYS reporter.
         .systemLibrary(name: "CLibseccomp", pkgConfig: "libseccomp",
                        providers: [.apt(["libseccomp-dev"])]),
@@ -48,9 +50,11 @@ let package = Package(
             "Machine", "KVM", "SoftGPU", "CLibpng",
             .product(name: "Logging", package: "swift-log"),
         ]),
+        // A VNC server (libvncserver) for a display source and a key sink; knows nothing of VMs.
+        .target(name: "VNC", dependencies: ["CLibvncserver"]),
         // Library API for programs and integration tests.
         .target(name: "Minivisor", dependencies: [
-            "Machine", "VGPU", "SoftGPU",
+            "Machine", "VGPU", "SoftGPU", "VNC",
             .product(name: "Logging", package: "swift-log"),
         ]),
         // Benchmarks: minivisor next to a minimal C KVM loop, in one run.
@@ -73,7 +77,7 @@ let package = Package(
         // Helpers shared by the test targets (a capturing log handler, a thread hammer).
         .target(name: "TestSupport", dependencies: ["Machine", .product(name: "Logging", package: "swift-log")],
                 path: "Tests/TestSupport"),
-        .testTarget(name: "MachineTests", dependencies: ["Machine", "KVM", "TestSupport", .product(name: "Logging", package: "swift-log")]),
+        .testTarget(name: "MachineTests", dependencies: ["Machine", "KVM", "TestSupport", "VNC", .product(name: "Logging", package: "swift-log")]),
         .testTarget(name: "SoftGPUTests", dependencies: ["SoftGPU"]),
         .testTarget(name: "VGPUTests", dependencies: ["VGPU", "SoftGPU", "Machine", "KVM", "CLibpng", "TestSupport",
                                                  .product(name: "Logging", package: "swift-log")]),

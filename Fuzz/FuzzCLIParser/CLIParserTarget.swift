@@ -102,7 +102,7 @@ func check(_ r: RunRequest, shown: String, kvmDevice: String?) {
     if let t = r.timeoutSeconds { require(t.isFinite && t >= 0.001 && t <= 31_536_000, "--timeout \(t) out of range") }
     if let p = r.gdbPort { require((0...65535).contains(p), "--gdb \(p) out of range") }
     require(!r.gdbWait || r.gdbPort != nil, "--gdb-wait without --gdb")
-    require(r.screenshot == nil || (r.vgpu && !r.screenshot!.isEmpty), "--screenshot without --vgpu or with an empty path")
+    require(r.screenshot == nil || (r.display != .none && !r.screenshot!.isEmpty), "--screenshot without a display or with an empty path")
     require(r.image.map { !$0.isEmpty } ?? true, "empty image path")
     require(r.kvmDevicePath == (kvmDevice ?? "/dev/kvm") && !r.kvmDevicePath.isEmpty, "KVM device \(quoted(r.kvmDevicePath))")
     if case .file(let p) = r.serial { require(!p.isEmpty, "--serial file: with an empty path") }

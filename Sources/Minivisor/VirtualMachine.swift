@@ -2,6 +2,7 @@
 @_exported import Machine
 @_exported import SoftGPU
 @_exported import VGPU
+@_exported import VNC
 import Logging
 import Synchronization
 
@@ -20,6 +21,36 @@ public struct VGPUOptions: Sendable {
         self.host = host
         self.screenshotPath = screenshotPath
         self.type = type
+    }
+}
+
+/// Options for the bochs-display (`BochsDisplay`, docs/bochs-display.md).
+public struct BochsOptions: Sendable {
+    /// Where the screenshot port (0xf5) and the end of the VM write the visible mode as PNG; nil = nowhere.
+    public var screenshotPath: String?
+    /// BAR0's size: a power of two from 4 MiB to 256 MiB.
+    public var framebufferBytes: UInt64 = BochsDisplay.defaultFramebufferBytes
+    public init(screenshotPath: String? = nil) { self.screenshotPath = screenshotPath }
+}
+
+/// Options for serving the VM's display over VNC.
+public struct VNCOptions: Sendable {
+    /// An IPv4 address to listen on (loopback by default: there is no authentication).
+    public var host: String
+    /// 0: the first free port from 5900.
+    public var port: Int
+    public init(host: String = "127.0.0.1", port: Int) { self.host = host; self.port = port }
+}
+
+/// A display set-up the library refuses.
+public enum DisplayConfigurationError: Error, Equatable, CustomStringConvertible, Sendable {
+    case twoDisplays
+    case vncWithoutDisplay
+    public var description: String {
+        switch self {
+        case .twoDisplays: return "a VM has one display: give either the vGPU or the bochs display"
+        case .vncWithoutDisplay: return "VNC needs a display to serve: add the bochs display or the vGPU"
+        }
     }
 }
 
@@ -44,11 +75,19 @@ extension GPUHost {
 /// they are taken.
 ///
 /// Threads and ownership: `run()` blocks the calling thread (the monitor); `stop(_:)` may be called from
-/// any thread. Screenshot failures are recorded in `State` behind one Mutex.
+/// any thread. Screenshot failures are recorded in `State` behind one Mutex. With `vnc`, the VNC server's
+/// own thread (see `VNCServer`) serves the display from `run()`/`start()` until the VM ends; it reads the
+/// display through `display` and types into the machine's i8042 (`Machine.keyboard`).
 public final class VirtualMachine: Sendable {
     public let machine: Machine
     /// The vGPU, when the VM has one.
     public let vgpu: VGPU?
+    /// The bochs-display, when the VM has one.
+    public let bochs: BochsDisplay?
+    /// The VNC server, when the display is served (its `port` is the one it listens on).
+    public let vnc: VNCServer?
+    /// The picture of the VM's display (the bochs display's or the vGPU's), for screenshots and VNC.
+    let display: (@Sendable () -> Image)?
     let screenshotPath: String?
     let logger: Logger
     /// Screenshot failures: the guest asks for screenshots (port 0xf5), so these lines are rate-limited.
@@ -61,34 +100,75 @@ public final class VirtualMachine: Sendable {
     }
     private let state = Mutex(State())
 
+    /// Builds the VM with at most one display (`vgpu` or `bochs`) and, with `vnc`, a VNC server for it
+    /// (listening from here on; serving from `run()`/`start()`). Throws `DisplayConfigurationError`,
+    /// `VNCError`, and what the machine and devices throw.
     public init(image: BootImage, configuration: MachineConfiguration, vgpu options: VGPUOptions? = nil,
+                bochs bochsOptions: BochsOptions? = nil, vnc vncOptions: VNCOptions? = nil,
                 logger: Logger = Logger(label: "minivisor")) throws {
+        if options != nil && bochsOptions != nil { throw DisplayConfigurationError.twoDisplays }
+        if vncOptions != nil && options == nil && bochsOptions == nil { throw DisplayConfigurationError.vncWithoutDisplay }
         let inputs = configuration.inputFiles(image: image)
         var outputs = configuration.outputFiles
-        if let p = options?.screenshotPath { outputs.append(OutputFile(.screenshot, p)) }
+        if let p = options?.screenshotPath ?? bochsOptions?.screenshotPath { outputs.append(OutputFile(.screenshot, p)) }
         try OutputFiles.check(outputs: outputs, inputs: inputs)
         self.inputs = inputs
         machine = try Machine(configuration: configuration, image: image, logger: logger)
         self.logger = logger
         let screenshotLog = RateLimitedLog(logger: logger, source: "screenshot")
         self.screenshotLog = screenshotLog
-        screenshotPath = options?.screenshotPath
+        screenshotPath = options?.screenshotPath ?? bochsOptions?.screenshotPath
         if let o = options {
             let v = try VGPU(context: machine, host: o.host ?? GPUHost.shared, type: o.type, refreshRate: o.refreshRate, logger: logger)
             vgpu = v
-            let path = o.screenshotPath
-            try machine.pioBus.register(ScreenshotPort { [weak v] in
-                guard let v, let path else { return }
-                do { try PNGWriter.write(v.scanout(), to: path, refusing: inputs) } catch {
+            bochs = nil
+            display = { [weak v] in v?.scanout() ?? Image(width: 0, height: 0, pixels: []) }
+        } else if let o = bochsOptions {
+            let b = try BochsDisplay(context: machine, framebufferBytes: o.framebufferBytes, logger: logger)
+            vgpu = nil
+            bochs = b
+            display = { [weak b] in
+                guard let f = b?.scanout() else { return Image(width: 0, height: 0, pixels: []) }
+                return Image(width: f.width, height: f.height, pixels: f.pixels)
+            }
+        } else {
+            vgpu = nil
+            bochs = nil
+            display = nil
+        }
+        if let display {
+            let path = screenshotPath, inputs = self.inputs
+            try machine.pioBus.register(ScreenshotPort {
+                guard let path else { return }
+                let image = display()
+                do { try PNGWriter.write(image, to: path, refusing: inputs) } catch {
                     screenshotLog.log(.warning, "write failure", "\(error)")
                 }
             }, base: ScreenshotPort.port, size: 1, name: "screenshot")
+        }
+        if let o = vncOptions, let display {
+            let keyboard = machine.keyboard
+            vnc = try VNCServer(host: o.host, port: o.port, frame: {
+                let i = display()
+                return VNCFrame(width: i.width, height: i.height, pixels: i.pixels)
+            }, key: { [weak keyboard] keysym, down in
+                keyboard?.keyboardInput(KeyboardMap.set1(keysym: keysym, down: down))
+            })
         } else {
-            vgpu = nil
+            vnc = nil
         }
     }
 
-    deinit { vgpu?.shutdown() }
+    deinit {
+        vnc?.stop()
+        vgpu?.shutdown()
+    }
+
+    /// Starts serving the display over VNC (the VNC thread, under the machine's VNC seccomp filter).
+    private func startVNC() throws {
+        let machine = self.machine
+        try vnc?.start { [weak machine] in machine?.enterSeccomp(.vnc, thread: "vnc") ?? false }
+    }
 
     /// Creates or truncates the output files (the serial file) now, without blocking: a FIFO without a
     /// reader is refused. `run()` does this itself if it was not done; call it first to tell such a
@@ -97,26 +177,26 @@ public final class VirtualMachine: Sendable {
         try machine.serial.openOutput(refusing: inputs)
     }
 
-    /// Runs until the guest ends. Call once. With a vGPU and a screenshot path, the final scanout is saved
-    /// (when the display is on; a failure is in `screenshotError`) and the vGPU is released.
+    /// Runs until the guest ends. Call once. With a display and a screenshot path, the final picture is
+    /// saved (when the display is on; a failure is in `screenshotError`), the VNC server stops and the
+    /// vGPU is released.
     public func run() -> ExitReason {
-        do { try openOutputs() } catch { return .hostError("\(error)") }
+        do { try openOutputs(); try startVNC() } catch { return .hostError("\(error)") }
         return finish(machine.run())
     }
 
     private func finish(_ reason: ExitReason) -> ExitReason {
         machine.serial.flushOutput()
-        if let v = vgpu {
-            if let path = screenshotPath {
-                let image = v.scanout()
-                if image.width > 0 {
-                    do { try PNGWriter.write(image, to: path, refusing: inputs) } catch {
-                        state.withLock { $0.screenshotError = error }
-                    }
+        vnc?.stop()
+        if let display, let path = screenshotPath {
+            let image = display()
+            if image.width > 0 {
+                do { try PNGWriter.write(image, to: path, refusing: inputs) } catch {
+                    state.withLock { $0.screenshotError = error }
                 }
             }
-            v.shutdown()
         }
+        vgpu?.shutdown()
         screenshotLog.flush()
         return reason
     }
@@ -133,6 +213,7 @@ public final class VirtualMachine: Sendable {
     /// until the guest ends. `run()` is `start()` + `wait()`.
     public func start(paused: Bool = false) throws {
         try openOutputs()
+        try startVNC()
         try machine.start(paused: paused)
     }
 

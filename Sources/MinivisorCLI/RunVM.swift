@@ -20,7 +20,9 @@ func runVM(_ request: RunRequest) -> Never {
     let vm: VirtualMachine
     do {
         vm = try VirtualMachine(image: request.bootImage, configuration: config,
-                                vgpu: request.vgpu ? VGPUOptions(screenshotPath: request.screenshot, type: request.vgpuType) : nil)
+                                vgpu: request.display == .vgpu ? VGPUOptions(screenshotPath: request.screenshot, type: request.vgpuType) : nil,
+                                bochs: request.display == .bochs ? BochsOptions(screenshotPath: request.screenshot) : nil,
+                                vnc: request.vnc.map { VNCOptions(host: $0.host, port: $0.port) })
     } catch let e as KVMUnavailable {
         fail("\(e)", status: CLIStatus.usage)
     } catch let e as ImageError {
@@ -31,10 +33,15 @@ func runVM(_ request: RunRequest) -> Never {
         fail("\(e)", status: CLIStatus.usage)
     } catch let e as GPUHost.AllocationError {
         fail("\(e)", status: CLIStatus.usage)
+    } catch let e as VNCError {
+        fail("\(e)", status: CLIStatus.usage)
+    } catch let e as DisplayConfigurationError {
+        fail("\(e)", status: CLIStatus.usage)
     } catch {
         fail("cannot create the VM: \(error)", status: CLIStatus.hostError)
     }
     TerminationSignals.register(vm)
+    if let server = vm.vnc { writeStderr("minivisor: VNC server listening on \(server.host):\(server.port)\n") }
     // The VM is built: only now are output files created or truncated.
     do { try vm.openOutputs() } catch { fail("\(error)", status: CLIStatus.usage) }
     let reason: ExitReason

@@ -56,7 +56,7 @@ struct Run: ParsableCommand {
             help: "End the guest after this many seconds (0.001 to 31536000, fractions allowed) with exit status 12.")
     var timeout: String?
 
-    @Flag(help: "Give the guest a mediated vGPU (PCI 4d56:0001, see docs/vgpu.md).")
+    @Flag(help: "Give the guest a mediated vGPU (PCI 4d56:0001, see docs/vgpu.md); the same as --display vgpu.")
     var vgpu = false
 
     @Option(name: .customLong("vgpu-type"), help: "With --vgpu: the vGPU type, small, medium (default) or large: its graphics-memory slices and scheduling weight (docs/vgpu.md section 2).")
@@ -65,8 +65,14 @@ struct Run: ParsableCommand {
     @Option(help: "Run the VMs a JSON file describes, in this process, sharing one GPU (docs/config.md); no IMAGE then. Flags given with it (--timeout, --log-level, --no-seccomp) apply to every VM.")
     var config: String?
 
-    @Option(help: "With --vgpu: write the display as PNG to PATH (a regular file) when the guest writes to port 0xf5 and when the VM ends.")
+    @Option(help: "The guest's display: none, vgpu (the mediated vGPU, as --vgpu) or bochs (a bochs-display PCI 1234:1111 that Linux's bochs DRM driver drives, see docs/bochs-display.md).")
+    var display: String = "none"
+
+    @Option(help: "With a display: write it as PNG to PATH (a regular file) when the guest writes to port 0xf5 and when the VM ends.")
     var screenshot: String?
+
+    @Option(help: "With a display: serve it live over VNC on 127.0.0.1:PORT (or HOST:PORT, an IPv4 address; no authentication), keys typed into the guest's i8042. PORT 0 takes the first free one from 5900; the port is printed on stderr.")
+    var vnc: String?
 
     @Option(help: "In-kernel i8254 PIT: auto (multiboot kernels get one, minivisor ELF64 guests use the LAPIC timer), on or off.")
     var pit: String = "auto"

@@ -29,6 +29,18 @@ public enum SerialChoice: Equatable, Sendable {
     case file(String)
 }
 
+/// The guest's display (`--display`, `--vgpu`).
+public enum DisplayChoice: String, Equatable, Sendable {
+    case none, vgpu, bochs
+}
+
+/// Where `--vnc` listens.
+public struct VNCAddress: Equatable, Sendable {
+    public var host: String
+    public var port: Int
+    public init(host: String = "127.0.0.1", port: Int) { self.host = host; self.port = port }
+}
+
 /// A checked `minivisor run` command line.
 public struct RunRequest: Equatable, Sendable {
     public var image: String?
@@ -39,10 +51,14 @@ public struct RunRequest: Equatable, Sendable {
     /// "PATH [ARGS]" as given.
     public var modules: [String]
     public var timeoutSeconds: Double?
-    public var vgpu: Bool
+    public var display: DisplayChoice
+    /// Whether the display is the vGPU (`--vgpu` or `--display vgpu`).
+    public var vgpu: Bool { display == .vgpu }
     /// --vgpu-type (the default type without it).
     public var vgpuType: VGPUType = .default
     public var screenshot: String?
+    /// --vnc: serve the display there.
+    public var vnc: VNCAddress? = nil
     public var pit: MachineConfiguration.PITMode
     public var logLevel: Logger.Level
     /// The KVM device (MINIVISOR_KVM_DEVICE, else /dev/kvm).
@@ -222,7 +238,16 @@ extension Run {
             throw CLIError("--module \(quoted(m)) names no file: give \"PATH [ARGS]\"")
         }
         if let image, image.isEmpty { throw CLIError("the guest image path is empty: give an image file or omit it for the built-in demo") }
-        if screenshot != nil && !vgpu { throw CLIError("--screenshot needs a display: add --vgpu") }
+        guard let chosen = DisplayChoice(rawValue: display) else {
+            throw CLIError("--display \(quoted(display)) is not understood: use none, vgpu or bochs")
+        }
+        if vgpu && chosen != .none && chosen != .vgpu {
+            throw CLIError("--vgpu and --display \(display) ask for two displays: give one of them")
+        }
+        let displayChoice: DisplayChoice = vgpu ? .vgpu : chosen
+        if screenshot != nil && displayChoice == .none { throw CLIError("--screenshot needs a display: add --display bochs or --vgpu") }
+        if vnc != nil && displayChoice == .none { throw CLIError("--vnc needs a display to serve: add --display bochs or --vgpu") }
+        let vncAddress = try vnc.map { v throws(CLIError) in try checkVNC(v) }
         if let s = screenshot, s.isEmpty { throw CLIError("--screenshot needs a path: give a PNG file name, e.g. --screenshot out.png") }
         guard let pitMode = MachineConfiguration.PITMode(rawValue: pit) else {
             throw CLIError("--pit \(quoted(pit)) is not understood: use auto, on or off")
@@ -235,7 +260,7 @@ extension Run {
         if gdbWait && gdbPort == nil { throw CLIError("--gdb-wait needs a port to wait on: add --gdb PORT") }
         var type = VGPUType.default
         if let t = vgpuType {
-            guard vgpu else { throw CLIError("--vgpu-type needs a vGPU: add --vgpu") }
+            guard displayChoice == .vgpu else { throw CLIError("--vgpu-type needs a vGPU: add --vgpu") }
             guard let known = VGPUType.named(t) else {
                 throw CLIError("--vgpu-type \(quoted(t)) is not a vGPU type: use \(VGPUType.names)")
             }
@@ -246,7 +271,7 @@ extension Run {
             let alone = [("an IMAGE", image != nil), ("--vgpu", vgpu), ("--screenshot", screenshot != nil),
                          ("--module", !modules.isEmpty), ("--gdb", gdbPort != nil), ("--cmdline", !cmdline.isEmpty),
                          ("--serial", serial != "stdio"), ("--memory", memory != "256M"), ("--cpus", self.cpus != "1"),
-                         ("--pit", pit != "auto")]
+                         ("--pit", pit != "auto"), ("--display", display != "none"), ("--vnc", vnc != nil)]
             if let (what, _) = alone.first(where: { $0.1 }) {
                 throw CLIError("--config describes every VM: give \(what) per VM in the file, not on the command line")
             }
@@ -254,8 +279,8 @@ extension Run {
         let kvm = environment["MINIVISOR_KVM_DEVICE"] ?? "/dev/kvm"
         guard !kvm.isEmpty else { throw CLIError("MINIVISOR_KVM_DEVICE is empty: unset it or point it at /dev/kvm") }
         return RunRequest(image: image, memoryBytes: memoryBytes, cpus: cpus, cmdline: cmdline, serial: serialChoice,
-                          modules: modules, timeoutSeconds: seconds, vgpu: vgpu, vgpuType: type, screenshot: screenshot, pit: pitMode,
-                          logLevel: level, kvmDevicePath: kvm, seccomp: !noSeccomp, gdbPort: gdbPort, gdbWait: gdbWait,
+                          modules: modules, timeoutSeconds: seconds, display: displayChoice, vgpuType: type, screenshot: screenshot, vnc: vncAddress,
+                          pit: pitMode, logLevel: level, kvmDevicePath: kvm, seccomp: !noSeccomp, gdbPort: gdbPort, gdbWait: gdbWait,
                           configFile: config)
     }
 }
@@ -269,6 +294,21 @@ extension Bench {
                      exitSeconds: Double(try wholeNumber(exitSeconds, flag: "--exit-seconds", range: 1...3600, example: "15")),
                      exitTarget: Double(try wholeNumber(exitTarget, flag: "--exit-target", range: 1...50, example: "2")) / 100)
     }
+}
+
+/// `--vnc PORT` or `--vnc HOST:PORT` (HOST an IPv4 address or localhost).
+func checkVNC(_ text: String) throws(CLIError) -> VNCAddress {
+    var host = "127.0.0.1", portText = Substring(text)
+    if let colon = text.lastIndex(of: ":") {
+        host = String(text[..<colon])
+        portText = text[text.index(after: colon)...]
+        var addr = in_addr()
+        guard host == "localhost" || inet_pton(AF_INET, host, &addr) == 1 else {
+            throw CLIError("--vnc \(quoted(text)): \(quoted(host)) is not an IPv4 address: give PORT or HOST:PORT, e.g. --vnc 5900 or --vnc 0.0.0.0:5900")
+        }
+    }
+    let port = try wholeNumber(String(portText), flag: "--vnc", range: 0...65535, example: "5900")
+    return VNCAddress(host: host, port: port)
 }
 
 /// The longest --timeout: 365 days.

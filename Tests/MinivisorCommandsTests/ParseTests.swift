@@ -78,7 +78,7 @@ struct ParseTests {
     @Test func otherFlagsAndCombinations() {
         #expect(refusal(["run", "--serial", "tcp:1"]).contains("--serial"))
         #expect(refusal(["run", "--serial", "file:"]).contains("needs a path"))
-        #expect(refusal(["run", "--screenshot", "x.png"]).contains("add --vgpu"))
+        #expect(refusal(["run", "--screenshot", "x.png"]).contains("add --display bochs or --vgpu"))
         #expect(refusal(["run", "--vgpu", "--screenshot", ""]).contains("needs a path"))
         #expect(refusal(["run", "--pit", "maybe"]).contains("--pit"))
         #expect(refusal(["run", "--log-level", "loud"]).contains("--log-level"))

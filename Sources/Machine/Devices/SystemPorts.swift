@@ -14,20 +14,6 @@ public final class DebugExit: BusDevice {
     }
 }
 
-/// The i8042 keyboard controller, as far as a VMM needs it: status reads 0 (no data, input buffer empty),
-/// and the reset command 0xFE written to port 0x64 ends the VM as a reboot. Registered at 0x60-0x64
-/// (0x61 belongs to the in-kernel PIT's speaker port and never reaches us).
-public final class I8042: BusDevice {
-    public static let base: UInt64 = 0x60
-    private weak let control: (any MachineControl)?
-    public init(control: any MachineControl) { self.control = control }
-
-    public func read(offset: UInt64, data: UnsafeMutableRawBufferPointer) { data.storeLittleEndian(0) }
-    public func write(offset: UInt64, data: UnsafeRawBufferPointer) {
-        if offset == 4 && data.count >= 1 && data[0] == 0xfe { control?.requestStop(.reboot) }
-    }
-}
-
 /// A power-off port at 0x604, QEMU's ACPI PM1a control block: a write with SLP_EN (bit 13) set powers off.
 public final class PowerOff: BusDevice {
     public static let port: UInt64 = 0x604

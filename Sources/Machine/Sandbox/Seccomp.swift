@@ -36,6 +36,10 @@ public enum SeccompFilter: String, Sendable, CaseIterable {
     /// The gdb stub's thread (`--gdb`): accepts the debugger's connection and speaks the remote protocol;
     /// vCPU state goes through the vCPU threads' mailboxes; write watchpoints change RAM's memory slots.
     case gdb
+    /// The VNC server's thread (`--vnc`): the listening socket is made before it starts; it accepts
+    /// clients, reads their messages and sends framebuffer updates (libvncserver's event processing, with
+    /// select), copies the display (guest memory, no system call) and queues key presses.
+    case vnc
     /// The CLI's signal thread: waits for SIGINT, SIGTERM or SIGHUP (blocked everywhere else) and stops
     /// the VM (`Machine.requestStop`: a lock, kicks, a wake-up).
     case signals
@@ -113,6 +117,15 @@ public enum SeccompFilter: String, Sendable, CaseIterable {
             ] + [CKVM_KVM_SET_USER_MEMORY_REGION].map(Rule.ioctl)
         case .signals:
             return Self.common + [Rule("rt_sigtimedwait")]
+        case .vnc:
+            return Self.common + Self.interrupts + [
+                Rule("select"), Rule("pselect6"), Rule("poll"), Rule("ppoll"), Rule("accept"), Rule("accept4"),
+                Rule("recvfrom"), Rule("sendto"), Rule("sendmsg"), Rule("recvmsg"), Rule("setsockopt"), Rule("getsockopt"),
+                Rule("getpeername"), Rule("getsockname"), Rule("shutdown"), Rule("fcntl"), Rule("gettimeofday"),
+                Self.readOnlyOpen,
+                // getrlimit(RLIMIT_NOFILE) when a client connects: reading limits only (new_limit NULL).
+                Rule("prlimit64", arg: 2, mask: UInt64.max, value: 0),
+            ]
         }
     }
 }

@@ -78,6 +78,8 @@ public final class Machine: MachineControl, DeviceContext, @unchecked Sendable {
     /// The KVM memory slots backing RAM (read-only pages for write watchpoints).
     public let ramSlots: RAMSlotLayout
     public let serial: Serial16550
+    /// The i8042 keyboard controller (port 0x60/0x64, IRQ 1): `keyboardInput` types into the guest.
+    public let keyboard: I8042
     public let logger: Logger
     /// Lines the guest can cause from vCPU exits (int3 recoveries, unhandled exits), rate-limited per kind.
     let vcpuLog: RateLimitedLog
@@ -132,6 +134,7 @@ public final class Machine: MachineControl, DeviceContext, @unchecked Sendable {
         pciBus = PCIBus(resources: resources, logger: logger)
         let vm = self.vm
         serial = try Serial16550(output: configuration.serialOutput) { level in try? vm.setIRQLine(4, level: level) }
+        keyboard = I8042 { level in try? vm.setIRQLine(1, level: level) }
 
         let supported = try kvm.supportedCPUID()
         var contexts: [VCPUContext] = []
@@ -146,7 +149,8 @@ public final class Machine: MachineControl, DeviceContext, @unchecked Sendable {
 
         try pioBus.register(serial, base: 0x3f8, size: 8, name: "serial0")
         try pioBus.register(DebugExit(control: self), base: DebugExit.port, size: 1, name: "debug-exit")
-        try pioBus.register(I8042(control: self), base: I8042.base, size: 5, name: "i8042")
+        keyboard.attach(self)
+        try pioBus.register(keyboard, base: I8042.base, size: 5, name: "i8042")
         try pioBus.register(PowerOff(control: self), base: PowerOff.port, size: 2, name: "power-off")
         try pioBus.register(pciBus, base: PCIBus.configAddressPort, size: PCIBus.portRangeSize, name: "pci-conf1")
         pciBus.attach(self)
