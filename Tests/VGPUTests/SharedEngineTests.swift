@@ -30,7 +30,7 @@ struct SharedEngineTests {
 
     /// A store of `value` to a fresh fence page, as ring dwords.
     static func fence(_ rig: Rig, at offset: UInt64) -> (gpa: UInt64, gm: UInt64) {
-        let gm = rig.vgpu.slices.hidden.lowerBound + (128 << 20) + offset
+        let gm = rig.vgpu.slices.hidden.lowerBound + (32 << 20) + offset
         return (rig.back(gm: gm, pages: 1), gm)
     }
 
@@ -99,7 +99,7 @@ struct SharedEngineTests {
         #expect(try a.context.memory.read(UInt32.self, at: af.gpa) == 0, "A's dropped work ran")
         // A's engine works again after the recovery recipe.
         #expect(try a.storeThroughRCS(ringGM: a.vgpu.slices.aperture.lowerBound + 0x100000,
-                                       fenceGM: a.vgpu.slices.hidden.lowerBound + (200 << 20), value: 7) == 7)
+                                       fenceGM: a.vgpu.slices.hidden.lowerBound + (48 << 20), value: 7) == 7)
     }
 
     /// docs/vgpu.md section 4: FLIP_DONE follows at the next virtual vblank, at once while PIPE_CONF is off.
