@@ -3,7 +3,7 @@
 # The Swift toolchain itself is expected on PATH.
 set -euo pipefail
 packages=(libelf-dev libpng-dev libseccomp-dev libvncserver-dev pkg-config gcc make binutils gdb
-          vncsnapshot libjpeg-turbo-progs)   # gdb: the gdb stub test; vncsnapshot, djpeg: the VNC test
+          vncsnapshot libjpeg-turbo-progs acpica-tools)   # gdb: the gdb stub test; vncsnapshot, djpeg: the VNC test; acpica-tools: iasl and acpiexec check the ACPI tables
 missing=()
 for p in "${packages[@]}"; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

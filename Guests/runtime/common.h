@@ -13,7 +13,7 @@
 /* Ports (docs/boot-protocol.md). */
 #define MV_COM1            0x3f8
 #define MV_DEBUG_EXIT_PORT 0xf4     /* write V: VM ends with status (V << 1) | 1 */
-#define MV_POWER_OFF_PORT  0x604    /* 16-bit write with SLP_EN (0x2000): VM powers off, status 0 */
+#define MV_POWER_OFF_PORT  0x604    /* ACPI PM1a_CNT: SLP_TYP 0 (\_S5) | SLP_EN (0x2000): VM powers off, status 0 */
 #define MV_POWER_OFF_VALUE 0x2000
 
 #define MV_ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))

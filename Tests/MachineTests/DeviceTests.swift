@@ -56,11 +56,42 @@ struct DeviceTests {
         let rec = StopRecorder()
         set(DebugExit(control: rec), 0, 0x2a)
         set(DebugExit(control: rec), 0, 0x0102, size: 2)
-        set(PowerOff(control: rec), 0, 0x0000, size: 2)       // SLP_EN clear: nothing
-        set(PowerOff(control: rec), 0, 0x2000, size: 2)
+        set(PMDevice(control: rec), 4, 0x0000, size: 2)       // SLP_EN clear: nothing
+        set(PMDevice(control: rec), 4, 0x2000, size: 2)       // SLP_TYP 0 (S5) | SLP_EN
         set(I8042(control: rec), 4, 0x01)
         set(I8042(control: rec), 4, 0xfe)
         #expect(rec.reasons.withLock { $0 } == [.debugExit(0x2a), .debugExit(0x102), .powerOff, .reboot])
+    }
+
+    /// PM1 control: only SLP_EN with the DSDT's S5 sleep type powers off, in a 16-bit write or as the
+    /// high byte alone; the registers read back (SCI_EN always set, PM1_STS 0, PM1_EN stored).
+    @Test func pm1ControlBlockPowersOffOnlyForS5() {
+        let rec = StopRecorder()
+        let pm = PMDevice(control: rec)
+        set(pm, 4, 0x2000 | 3 << 10, size: 2)                 // SLP_EN with SLP_TYP 3: no such state offered
+        set(pm, 4, 0x0400, size: 2)                           // SLP_TYP 1 without SLP_EN
+        #expect(rec.reasons.withLock { $0 }.isEmpty)
+        var cnt: UInt16 = 0
+        withUnsafeMutableBytes(of: &cnt) { pm.read(offset: 4, data: $0) }
+        #expect(cnt == 0x0401)                                // SCI_EN | the SLP_TYP written, never SLP_EN
+        set(pm, 2, 0x0120, size: 2)                           // PM1_EN
+        #expect(reg(pm, 2) == 0x20 && reg(pm, 3) == 0x01 && reg(pm, 0) == 0 && reg(pm, 1) == 0)
+        set(pm, 5, UInt64(PMDevice.s5SleepType << 2) | 0x20)  // high byte alone: SLP_TYP(S5) | SLP_EN
+        #expect(rec.reasons.withLock { $0 } == [.powerOff])
+    }
+
+    /// 0xcf9 behind the PCI bus: a byte with RST_CPU resets; the 32-bit address register at 0xcf8 and
+    /// byte writes without RST_CPU do not.
+    @Test func resetControlThroughThePCIPorts() {
+        let rec = StopRecorder()
+        let pci = PCIBus()
+        pci.attachResetControl(ResetControl(control: rec))
+        set(pci, 0, 0x8000_0000, size: 4)                     // config address: not a reset
+        set(pci, 1, 0x02)                                     // SYS_RST only
+        #expect(rec.reasons.withLock { $0 }.isEmpty)
+        #expect(reg(pci, 1) == 0x02)
+        set(pci, 1, UInt64(ResetControl.resetValue))
+        #expect(rec.reasons.withLock { $0 } == [.reboot])
     }
 
     @Test func exitStatuses() {

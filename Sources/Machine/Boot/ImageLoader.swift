@@ -45,12 +45,17 @@ public struct BootPlan: Sendable, Equatable {
     public let hasAPTrampoline: Bool
     /// Where the MP floating pointer is (0x9fc00 unless the image covers it; see `BootLayout.mpTable`).
     public let mpTableAddress: UInt64
+    /// Where the ACPI tables' RSDP is (0xe0000 unless the image covers it; see `BootLayout.acpiRSDP`), or
+    /// nil for guests that get no ACPI tables (real-mode blobs). `Machine.start` writes the tables there.
+    public let rsdpAddress: UInt64?
 
-    public init(kind: Kind, entry: BootEntry, hasAPTrampoline: Bool, mpTableAddress: UInt64 = BootLayout.mpTable) {
+    public init(kind: Kind, entry: BootEntry, hasAPTrampoline: Bool, mpTableAddress: UInt64 = BootLayout.mpTable,
+                rsdpAddress: UInt64? = BootLayout.acpiRSDP) {
         self.kind = kind
         self.entry = entry
         self.hasAPTrampoline = hasAPTrampoline
         self.mpTableAddress = mpTableAddress
+        self.rsdpAddress = rsdpAddress
     }
 }
 
@@ -103,7 +108,7 @@ public enum ImageLoader {
             try bytes.withUnsafeBytes { buf in Result { () throws(ImageError) in
                 try place(buf, at: loadAddress, name: "real-mode blob", memory: memory)
             } }.get()
-            return BootPlan(kind: .realMode, entry: .real16(segment: UInt16(loadAddress >> 4)), hasAPTrampoline: false)
+            return BootPlan(kind: .realMode, entry: .real16(segment: UInt16(loadAddress >> 4)), hasAPTrampoline: false, rsdpAddress: nil)
 
         case .file(let path):
             let file = try ImageFile(path: path, role: .image)
@@ -166,10 +171,11 @@ public enum ImageLoader {
             }
             try claimSegments(elf.segments, entry: elf.entry, name: source.name, in: &ranges)
             let mp = try placeMPTable(name: source.name, in: &ranges)
+            let rsdp = try placeACPITables(name: source.name, in: &ranges)
             try copySegments(elf.segments, source)
             try writeFixedLowStructures(mpTable: mp)
             try writeLongModeStructures(mpTable: mp)
-            return BootPlan(kind: .elf64, entry: .long64(rip: elf.entry), hasAPTrampoline: true, mpTableAddress: mp)
+            return BootPlan(kind: .elf64, entry: .long64(rip: elf.entry), hasAPTrampoline: true, mpTableAddress: mp, rsdpAddress: rsdp)
         }
 
         // MARK: multiboot: only the first page is fixed
@@ -187,6 +193,7 @@ public enum ImageLoader {
             ranges.claim(0, BootLayout.firstPageEnd, "real-mode IVT, BIOS data area and boot GDT")
             try claimSegments(segments, entry: entry, name: source.name, in: &ranges)
             let mp = try placeMPTable(name: source.name, in: &ranges)
+            let rsdp = try placeACPITables(name: source.name, in: &ranges)
             try copySegments(segments, source)
 
             // Modules: page-aligned after the kernel, as QEMU and GRUB load them; each file is sized
@@ -222,7 +229,7 @@ public enum ImageLoader {
             catch { throw .noRoomForBootStructures("multiboot information", ramDescription: describe(memory)) }
             try writeFixedLowStructures(mpTable: mp)
             return BootPlan(kind: .multiboot, entry: .multiboot(eip: UInt32(truncatingIfNeeded: entry), info: UInt32(info)),
-                            hasAPTrampoline: false, mpTableAddress: mp)
+                            hasAPTrampoline: false, mpTableAddress: mp, rsdpAddress: rsdp)
         }
 
         // MARK: shared steps
@@ -267,6 +274,24 @@ public enum ImageLoader {
                 throw .noRoomForBootStructures("MP table", ramDescription: describe(memory))
             }
             ranges.claim(address, address + size, "MP table")
+            return address
+        }
+
+        /// The ACPI tables go at 0xe0000 unless the image is there, else at another 64-byte boundary of
+        /// 0xe0000-0xfffff (after the MP table, if that moved there); claims them.
+        func placeACPITables(name: String, in ranges: inout AddressRanges) throws(ImageError) -> UInt64 {
+            let size = ACPITables.maximumSize(cpuCount: cpuCount)
+            guard let address = ranges.place(size: size, align: 64, from: BootLayout.acpiRSDP, in: [BootLayout.acpiArea]) else {
+                let area = BootLayout.acpiArea
+                let c = ranges.overlap(area.lowerBound, area.upperBound)
+                throw .overlapsBootStructure(name, start: c?.start ?? area.lowerBound, end: c?.end ?? area.upperBound,
+                                             structure: "ACPI tables (0xe0000-0xfffff)", structureStart: area.lowerBound,
+                                             structureEnd: area.lowerBound + size)
+            }
+            guard memory.contains(address, length: size) else {
+                throw .noRoomForBootStructures("ACPI tables", ramDescription: describe(memory))
+            }
+            ranges.claim(address, address + size, "ACPI tables")
             return address
         }
 

@@ -24,6 +24,14 @@ public enum BootLayout {
     public static let mpTable: UInt64 = 0x9fc00
     public static let mpTableAlternative: Range<UInt64> = 0xf0000..<0x100000
     public static let ebdaEnd: UInt64 = 0xa0000
+    /// The ACPI tables, RSDP first (`ACPITables`): at 0xe0000 unless the image covers it, else at another
+    /// 64-byte boundary of `acpiArea` (0xe0000-0xfffff, where an OS searches for the RSDP).
+    /// `BootPlan.rsdpAddress` says where they are (for boot_params.acpi_rsdp_addr).
+    public static let acpiRSDP: UInt64 = 0xe0000
+    public static let acpiArea: Range<UInt64> = 0xe0000..<0x100000
+    /// What a firmware memory map (e820) reserves below 1 MiB: the MP table (0x9fc00 and, for large
+    /// machines, past 0xa0000) and the BIOS area with the ACPI tables. RAM below it is usable.
+    public static let firmwareReserved: Range<UInt64> = mpTable..<0x100000
     /// The identity map marks [uncachedStart, 4 GiB) uncached (IOAPIC at 0xfec00000, LAPIC at 0xfee00000).
     public static let uncachedStart: UInt64 = 0xFE00_0000
     /// Where minivisor loads its own images (the built-in demo guest); guest images usually link here too.

@@ -99,6 +99,7 @@ public final class PCIBus: BusDevice {
     private let addressRegister = Atomic<UInt32>(0)
     private let functions = Mutex<[Int: Slot]>([:])   // key: device << 3 | function
     private let platformRef = Mutex(WeakPlatform())
+    private let resetControlRef = Mutex<(any BusDevice)?>(nil)
     public let resources: ResourceAllocator
     private let log: RateLimitedLog
 
@@ -116,6 +117,13 @@ public final class PCIBus: BusDevice {
         platformRef.withLock { $0.platform = platform }
     }
     private var platform: (any PCIPlatform)? { platformRef.withLock { $0.platform } }
+
+    /// The chipset register at 0xcf9 (`ResetControl`), inside this bus's ports: byte accesses there go to
+    /// it (a 4-byte access at 0xcf8 stays the address register). Once, before devices run.
+    public func attachResetControl(_ device: any BusDevice) {
+        resetControlRef.withLock { $0 = device }
+    }
+    private var resetControl: (any BusDevice)? { resetControlRef.withLock { $0 } }
 
     public enum PCIError: Error, CustomStringConvertible {
         case slotTaken(Int, Int)
@@ -277,9 +285,10 @@ public final class PCIBus: BusDevice {
         }
     }
 
-    // Port layout relative to 0xcf8: 0-3 address register, 4-7 data window.
+    // Port layout relative to 0xcf8: 0-3 address register (a byte at 1 is the reset control), 4-7 data window.
     public func read(offset: UInt64, data: UnsafeMutableRawBufferPointer) {
         let size = data.count
+        if offset == 1 && size == 1, let r = resetControl { r.read(offset: 0, data: data); return }
         if offset == 0 && size == 4 {
             data.storeLittleEndian(UInt64(addressRegister.load(ordering: .relaxed)))
             return
@@ -296,6 +305,7 @@ public final class PCIBus: BusDevice {
 
     public func write(offset: UInt64, data: UnsafeRawBufferPointer) {
         let size = data.count
+        if offset == 1 && size == 1, let r = resetControl { r.write(offset: 0, data: data); return }
         if offset == 0 && size == 4 {
             addressRegister.store(UInt32(truncatingIfNeeded: data.littleEndianValue), ordering: .relaxed)
             return

@@ -7,7 +7,7 @@ public enum ExitReason: Sendable, Equatable, CustomStringConvertible {
     case powerOff
     /// The guest wrote V to the debug-exit port.
     case debugExit(UInt32)
-    /// The guest asked for a reset (i8042 0xFE, or KVM reported a reset event).
+    /// The guest asked for a reset (i8042 0xFE, RST_CPU to port 0xcf9 (the FADT reset register), or KVM reported a reset event).
     case reboot
     /// A vCPU triple-faulted (KVM_EXIT_SHUTDOWN).
     case tripleFault(cpu: UInt32, registers: String)

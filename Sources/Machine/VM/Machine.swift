@@ -151,8 +151,12 @@ public final class Machine: MachineControl, DeviceContext, @unchecked Sendable {
         try pioBus.register(DebugExit(control: self), base: DebugExit.port, size: 1, name: "debug-exit")
         keyboard.attach(self)
         try pioBus.register(keyboard, base: I8042.base, size: 5, name: "i8042")
-        try pioBus.register(PowerOff(control: self), base: PowerOff.port, size: 2, name: "power-off")
+        try pioBus.register(PMDevice(control: self), base: PMDevice.eventBlock, size: PMDevice.size, name: "acpi-pm1")
         try pioBus.register(pciBus, base: PCIBus.configAddressPort, size: PCIBus.portRangeSize, name: "pci-conf1")
+        pciBus.attachResetControl(ResetControl(control: self))
+        try pioBus.register(FirmwareConfig(cpuCount: configuration.cpuCount, ramBytes: memory.size,
+                                           files: FirmwareConfig.standardFiles(memory: memory)),
+                            base: FirmwareConfig.selectorPort, size: FirmwareConfig.size, name: "fw_cfg")
         pciBus.attach(self)
     }
 
@@ -197,13 +201,27 @@ public final class Machine: MachineControl, DeviceContext, @unchecked Sendable {
     /// Number of vCPUs.
     public var vcpuCount: Int { vcpus.count }
 
-    /// Writes the firmware tables from the finished device inventory: the MP table (CPUs, IOAPIC, ISA
-    /// and PCI interrupt routes, from `pciBus.interruptRoutes`) at the place the boot plan reserved.
-    /// `start()` calls it just before the vCPUs first run; devices added later are not described.
+    /// Where the ACPI tables' RSDP is (for a Linux loader's boot_params.acpi_rsdp_addr); nil before
+    /// `boot(_:)` and for guests without ACPI tables. `start()` writes the tables.
+    public var rsdpAddress: UInt64? { bootPlan?.rsdpAddress }
+
+    /// What the firmware tables describe: CPUs, PCI interrupt routes and windows, as of now.
+    public var acpiInventory: ACPIInventory {
+        ACPIInventory(cpuCount: configuration.cpuCount, pciInterrupts: pciBus.interruptRoutes, pciMMIOWindow: resources.mmioWindow)
+    }
+
+    /// Writes the firmware tables from the finished device inventory at the places the boot plan
+    /// reserved: the MP table (CPUs, IOAPIC, ISA and PCI interrupt routes, from `pciBus.interruptRoutes`)
+    /// and the ACPI tables (`ACPITables`, from the same inventory). `start()` calls it just before the
+    /// vCPUs first run; devices added later are not described.
     func writeFirmwareTables(plan: BootPlan) throws {
-        let routes = pciBus.interruptRoutes.map { (device: $0.device, pin: $0.pin, ioapicPin: Int($0.gsi)) }
+        let inventory = acpiInventory
+        let routes = inventory.pciInterrupts.map { (device: $0.device, pin: $0.pin, ioapicPin: Int($0.gsi)) }
         try memory.write(bytes: BootStructures.mpTable(cpuCount: configuration.cpuCount, pciInterrupts: routes, at: plan.mpTableAddress),
                          at: plan.mpTableAddress)
+        if let rsdp = plan.rsdpAddress {
+            try memory.write(bytes: ACPITables(inventory: inventory, at: rsdp).bytes, at: rsdp)
+        }
     }
 
     // MARK: DeviceContext
@@ -263,7 +281,7 @@ public final class Machine: MachineControl, DeviceContext, @unchecked Sendable {
         guard let plan = previous.1 else { throw LifecycleError.notBooted }
         // The device inventory is final now: describe it to the guest before it first runs.
         do { try writeFirmwareTables(plan: plan) } catch {
-            requestStop(.hostError("cannot write the MP table: \(error)"))
+            requestStop(.hostError("cannot write the firmware tables (MP, ACPI): \(error)"))
             return
         }
         guard ckvm_install_kick_handler(ckvm_kick_signal()) == 0 else {
