@@ -34,6 +34,7 @@ func runVM(_ request: RunRequest) -> Never {
         fail("cannot create the VM: \(error)", status: CLIStatus.hostError)
     }
     TerminationSignals.register(vm)
+    for line in vm.machine.bootPlan?.log ?? [] { writeStderr("minivisor: \(line)\n") }
     // The VM is built: only now are output files created or truncated.
     do { try vm.openOutputs() } catch { fail("\(error)", status: CLIStatus.usage) }
     let reason: ExitReason

@@ -38,6 +38,8 @@ public struct RunRequest: Equatable, Sendable {
     public var serial: SerialChoice
     /// "PATH [ARGS]" as given.
     public var modules: [String]
+    /// --initrd PATH (Linux kernels only).
+    public var initrd: String? = nil
     public var timeoutSeconds: Double?
     public var vgpu: Bool
     public var screenshot: String?
@@ -67,6 +69,7 @@ public struct RunRequest: Equatable, Sendable {
         c.pit = pit
         c.kvmDevicePath = kvmDevicePath
         c.modules = modules.map(BootModule.init(argument:))
+        c.initrd = initrd
         c.timeout = timeout
         c.seccomp = seccomp ? .vmThreadsAndMonitor : .off
         switch serial {
@@ -217,7 +220,15 @@ extension Run {
         for m in modules where BootModule(argument: m).path.isEmpty {
             throw CLIError("--module \(quoted(m)) names no file: give \"PATH [ARGS]\"")
         }
+        if image != nil && kernel != nil {
+            throw CLIError("both an IMAGE and --kernel name the guest: give one of them")
+        }
+        let image = self.image ?? kernel
         if let image, image.isEmpty { throw CLIError("the guest image path is empty: give an image file or omit it for the built-in demo") }
+        if let initrd, initrd.isEmpty { throw CLIError("--initrd needs a path: give the initramfs file, e.g. --initrd initramfs.cpio") }
+        if initrd != nil && image == nil { throw CLIError("--initrd needs a Linux kernel: add --kernel PATH") }
+        if append != nil && !cmdline.isEmpty { throw CLIError("--append and --cmdline both give the command line: use one of them") }
+        let commandLine = append ?? cmdline
         if screenshot != nil && !vgpu { throw CLIError("--screenshot needs a display: add --vgpu") }
         if let s = screenshot, s.isEmpty { throw CLIError("--screenshot needs a path: give a PNG file name, e.g. --screenshot out.png") }
         guard let pitMode = MachineConfiguration.PITMode(rawValue: pit) else {
@@ -231,8 +242,8 @@ extension Run {
         if gdbWait && gdbPort == nil { throw CLIError("--gdb-wait needs a port to wait on: add --gdb PORT") }
         let kvm = environment["MINIVISOR_KVM_DEVICE"] ?? "/dev/kvm"
         guard !kvm.isEmpty else { throw CLIError("MINIVISOR_KVM_DEVICE is empty: unset it or point it at /dev/kvm") }
-        return RunRequest(image: image, memoryBytes: memoryBytes, cpus: cpus, cmdline: cmdline, serial: serialChoice,
-                          modules: modules, timeoutSeconds: seconds, vgpu: vgpu, screenshot: screenshot, pit: pitMode,
+        return RunRequest(image: image, memoryBytes: memoryBytes, cpus: cpus, cmdline: commandLine, serial: serialChoice,
+                          modules: modules, initrd: initrd, timeoutSeconds: seconds, vgpu: vgpu, screenshot: screenshot, pit: pitMode,
                           logLevel: level, kvmDevicePath: kvm, seccomp: !noSeccomp, gdbPort: gdbPort, gdbWait: gdbWait)
     }
 }

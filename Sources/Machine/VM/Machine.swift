@@ -154,8 +154,10 @@ public final class Machine: MachineControl, DeviceContext, @unchecked Sendable {
         guard current.0 == .created else { throw LifecycleError.wrongState(operation: "boot", state: current.0) }
         guard !current.1 else { throw LifecycleError.alreadyBooted }
         let plan = try ImageLoader.load(image, into: memory, cpuCount: configuration.cpuCount,
-                                        cmdline: configuration.cmdline, modules: configuration.modules)
-        let pit = configuration.pit == .on || (configuration.pit == .auto && plan.kind == .multiboot)
+                                        cmdline: configuration.cmdline, modules: configuration.modules,
+                                        initrd: configuration.initrd, host: configuration.host)
+        // Multiboot kernels and Linux expect a PC, PIT included; minivisor's own guests use the LAPIC timer.
+        let pit = configuration.pit == .on || (configuration.pit == .auto && (plan.kind == .multiboot || plan.kind == .linux))
         if pit { try vm.createPIT2() }
         try CPUSetup.setEntry(vcpus[0].vcpu, entry: plan.entry)
         state.withLock { s in

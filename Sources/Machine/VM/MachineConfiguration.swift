@@ -12,6 +12,8 @@ public struct MachineConfiguration: Sendable {
     public var serialInputFromStdin: Bool = false
     /// Multiboot modules.
     public var modules: [BootModule] = []
+    /// The initrd (initramfs) for a Linux kernel.
+    public var initrd: String? = nil
     /// End the VM with `ExitReason.timeout` after this long.
     public var timeout: Duration? = nil
     /// How often the monitor looks at the vCPUs' KVM statistics to find every vCPU halted with interrupts
@@ -39,6 +41,7 @@ public struct MachineConfiguration: Sendable {
         var inputs: [InputFile] = []
         if case .file(let path) = image { inputs.append(InputFile(.image, path)) }
         inputs += modules.map { InputFile(.module, $0.path) }
+        if let initrd { inputs.append(InputFile(.initrd, initrd)) }
         inputs.append(InputFile(.kvmDevice, kvmDevicePath))
         return inputs
     }
