@@ -57,7 +57,8 @@ enum KernelPayload {
         guard let size = declaredSize(payload), size > 0 else { throw bad("no decompressed size at its end") }
         guard size <= limit else { throw kernelTooBig(size) }
         guard let out = HostBuffer(capacity: Int(size)) else { throw bad("cannot map \(size) bytes of host memory for it") }
-        let input = UnsafeRawBufferPointer(rebasing: payload[0..<(payload.count - 4)])
+        // For XZ and zstd the size word follows the stream; gzip's is the stream's own last field.
+        let input = format == .gzip ? payload : UnsafeRawBufferPointer(rebasing: payload[0..<(payload.count - 4)])
         switch format {
         case .xz:
             var memlimit = UInt64.max

@@ -134,6 +134,8 @@ public final class Machine: MachineControl, DeviceContext, @unchecked Sendable {
         try pioBus.register(DebugExit(control: self), base: DebugExit.port, size: 1, name: "debug-exit")
         try pioBus.register(I8042(control: self), base: I8042.base, size: 5, name: "i8042")
         try pioBus.register(PowerOff(control: self), base: PowerOff.port, size: 2, name: "power-off")
+        try pioBus.register(PVPanic(control: self), base: PVPanic.port, size: 1, name: "pvpanic")
+        try pioBus.register(BootTimer(report: configuration.bootTimerReport), base: BootTimer.port, size: 1, name: "boot-timer")
         try pioBus.register(pciBus, base: PCIBus.configAddressPort, size: PCIBus.portRangeSize, name: "pci-conf1")
         pciBus.attach(self)
     }
