@@ -14,7 +14,7 @@ struct MinivisorCommand: ParsableCommand {
         entry failure, 12 for --timeout, 14 for an unexpected host error or a final --screenshot that could \
         not be written, 16 when a seccomp filter refused a system call (one line on stderr names the thread \
         and the call; rerun with --no-seccomp and report a bug), 18 when SIGINT, SIGTERM or SIGHUP stopped the VM (a second \
-        one ends the process at once). Serial output that cannot be written (a closed pipe, a full disk) is reported once on \
+        one ends the process at once), 20 when a guest kernel panicked (pvpanic port 0x505). Serial output that cannot be written (a closed pipe, a full disk) is reported once on \
         stderr and dropped; the exit status stays the guest's.
         """,
         subcommands: [Run.self, Bench.self],
