@@ -22,6 +22,9 @@ let package = Package(
         .target(name: "CKVM"),
         .systemLibrary(name: "CLibelf", pkgConfig: "libelf",
                        providers: [.apt(["libelf-dev"])]),
+        // The decompressors for Linux bzImage payloads (XZ, gzip, zstd), linked directly (liblzma, zlib, libzstd).
+        .systemLibrary(name: "CCompression",
+                       providers: [.apt(["liblzma-dev", "zlib1g-dev", "libzstd-dev"])]),
         .systemLibrary(name: "CLibpng", pkgConfig: "libpng",
                        providers: [.apt(["libpng-dev"])]),
         .systemLibrary(name: "CLibvncserver", pkgConfig: "libvncserver",
@@ -40,7 +43,7 @@ let package = Package(
         ]),
         // The machine: guest memory, buses, legacy devices, PCI, boot protocols, vCPU threads.
         .target(name: "Machine", dependencies: [
-            "KVM", "CKVM", "CLibelf", "CSeccomp", "Firmware",
+            "KVM", "CKVM", "CLibelf", "CCompression", "CSeccomp", "Firmware",
             .product(name: "Logging", package: "swift-log"),
         ]),
         // The software "physical" GPU: GM + GTT, engines, command set, display. No KVM knowledge.

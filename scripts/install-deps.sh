@@ -2,7 +2,7 @@
 # Installs the Debian packages minivisor needs to build and test, if any are missing.
 # The Swift toolchain itself is expected on PATH.
 set -euo pipefail
-packages=(libelf-dev libpng-dev libseccomp-dev libvncserver-dev pkg-config gcc make binutils gdb
+packages=(libelf-dev liblzma-dev zlib1g-dev libzstd-dev libpng-dev libseccomp-dev libvncserver-dev pkg-config gcc make binutils gdb
           vncsnapshot libjpeg-turbo-progs acpica-tools)   # gdb: the gdb stub test; vncsnapshot, djpeg: the VNC test; acpica-tools: iasl and acpiexec check the ACPI tables
 missing=()
 for p in "${packages[@]}"; do

@@ -16,7 +16,12 @@ func runVM(_ request: RunRequest) -> Never {
         return h
     }
     var config = request.configuration()
-    if request.serial == .stdio { config.serialInputFromStdin = isatty(0) != 0 }
+    // COM1 input: a terminal, or a pipe or file on stdin (not /dev/null or another device).
+    if request.serial == .stdio {
+        var st = stat()
+        let kind = fstat(0, &st) == 0 ? st.st_mode & S_IFMT : 0
+        config.serialInputFromStdin = isatty(0) != 0 || kind == S_IFIFO || kind == S_IFREG
+    }
     let vm: VirtualMachine
     do {
         vm = try VirtualMachine(image: request.bootImage, configuration: config,
@@ -41,6 +46,7 @@ func runVM(_ request: RunRequest) -> Never {
         fail("cannot create the VM: \(error)", status: CLIStatus.hostError)
     }
     TerminationSignals.register(vm)
+    for line in vm.machine.bootPlan?.log ?? [] { writeStderr("minivisor: \(line)\n") }
     if let server = vm.vnc { writeStderr("minivisor: VNC server listening on \(server.host):\(server.port)\n") }
     // The VM is built: only now are output files created or truncated.
     do { try vm.openOutputs() } catch { fail("\(error)", status: CLIStatus.usage) }

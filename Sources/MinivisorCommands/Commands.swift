@@ -14,7 +14,7 @@ struct MinivisorCommand: ParsableCommand {
         entry failure, 12 for --timeout, 14 for an unexpected host error or a final --screenshot that could \
         not be written, 16 when a seccomp filter refused a system call (one line on stderr names the thread \
         and the call; rerun with --no-seccomp and report a bug), 18 when SIGINT, SIGTERM or SIGHUP stopped the VM (a second \
-        one ends the process at once). Serial output that cannot be written (a closed pipe, a full disk) is reported once on \
+        one ends the process at once), 20 when a guest kernel panicked (pvpanic port 0x505). Serial output that cannot be written (a closed pipe, a full disk) is reported once on \
         stderr and dropped; the exit status stays the guest's.
         """,
         subcommands: [Run.self, Bench.self],
@@ -25,16 +25,27 @@ struct Run: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Boot a guest image (or the built-in demo guest) and exit with the guest's status.",
         discussion: """
-        IMAGE is an ELF64 x86-64 executable (entered in 64-bit long mode, RDI = boot information) or a \
-        multiboot v1 kernel (entered like 'qemu -kernel'); see docs/boot-protocol.md. Without IMAGE the \
-        built-in demo guest runs. Serial port COM1 (0x3f8) goes to stdout by default. \
+        IMAGE is an ELF64 x86-64 executable (entered in 64-bit long mode, RDI = boot information), a \
+        multiboot v1 kernel (entered like 'qemu -kernel') or a Linux kernel (bzImage or vmlinux, 64-bit boot \
+        protocol, with --initrd and --append); the format is decided by the file's content, so --kernel PATH \
+        and a positional IMAGE are the same. See docs/boot-protocol.md. Without IMAGE the built-in demo guest \
+        runs. Serial port COM1 (0x3f8) goes to stdout by default. \
         Output files (--serial file:, --screenshot) are checked before anything is opened: an output that is \
         the same file as the image, a module or the other output is refused (status 2). They are created or \
         truncated only once the VM is built. MINIVISOR_KVM_DEVICE names another KVM device (a character device).
         """)
 
-    @Argument(help: "Guest image: ELF64 executable or multiboot kernel. Omit it to boot the built-in demo guest.")
+    @Argument(help: "Guest image: ELF64 executable, multiboot kernel or Linux kernel. Omit it to boot the built-in demo guest.")
     var image: String?
+
+    @Option(help: "The guest image (QEMU's and kvmtool's word): a Linux bzImage or vmlinux, or any image IMAGE may be.")
+    var kernel: String?
+
+    @Option(help: "Initial RAM disk (initramfs) for a Linux kernel, placed high in RAM, page-aligned, below the kernel's initrd_addr_max.")
+    var initrd: String?
+
+    @Option(help: "Kernel command line (the same as --cmdline). On hosts whose KVM emulates guest ring 0 minivisor adds parameters to a Linux command line (see README).")
+    var append: String?
 
     @Option(parsing: .unconditional,
             help: "Guest RAM, e.g. 64M, 256M, 2G (K, M, G, T suffixes; a plain number is bytes): from 4M to this host's physical memory, a multiple of 4K.")

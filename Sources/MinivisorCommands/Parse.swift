@@ -50,6 +50,8 @@ public struct RunRequest: Equatable, Sendable {
     public var serial: SerialChoice
     /// "PATH [ARGS]" as given.
     public var modules: [String]
+    /// --initrd PATH (Linux kernels only).
+    public var initrd: String? = nil
     public var timeoutSeconds: Double?
     public var display: DisplayChoice
     /// Whether the display is the vGPU (`--vgpu` or `--display vgpu`).
@@ -87,6 +89,7 @@ public struct RunRequest: Equatable, Sendable {
         c.pit = pit
         c.kvmDevicePath = kvmDevicePath
         c.modules = modules.map(BootModule.init(argument:))
+        c.initrd = initrd
         c.timeout = timeout
         c.seccomp = seccomp ? .vmThreadsAndMonitor : .off
         switch serial {
@@ -237,6 +240,10 @@ extension Run {
         for m in modules where BootModule(argument: m).path.isEmpty {
             throw CLIError("--module \(quoted(m)) names no file: give \"PATH [ARGS]\"")
         }
+        if image != nil && kernel != nil {
+            throw CLIError("both an IMAGE and --kernel name the guest: give one of them")
+        }
+        let image = self.image ?? kernel
         if let image, image.isEmpty { throw CLIError("the guest image path is empty: give an image file or omit it for the built-in demo") }
         guard let chosen = DisplayChoice(rawValue: display) else {
             throw CLIError("--display \(quoted(display)) is not understood: use none, vgpu or bochs")
@@ -248,6 +255,10 @@ extension Run {
         if screenshot != nil && displayChoice == .none { throw CLIError("--screenshot needs a display: add --display bochs or --vgpu") }
         if vnc != nil && displayChoice == .none { throw CLIError("--vnc needs a display to serve: add --display bochs or --vgpu") }
         let vncAddress = try vnc.map { v throws(CLIError) in try checkVNC(v) }
+        if let initrd, initrd.isEmpty { throw CLIError("--initrd needs a path: give the initramfs file, e.g. --initrd initramfs.cpio") }
+        if initrd != nil && image == nil { throw CLIError("--initrd needs a Linux kernel: add --kernel PATH") }
+        if append != nil && !cmdline.isEmpty { throw CLIError("--append and --cmdline both give the command line: use one of them") }
+        let commandLine = append ?? cmdline
         if let s = screenshot, s.isEmpty { throw CLIError("--screenshot needs a path: give a PNG file name, e.g. --screenshot out.png") }
         guard let pitMode = MachineConfiguration.PITMode(rawValue: pit) else {
             throw CLIError("--pit \(quoted(pit)) is not understood: use auto, on or off")
@@ -278,8 +289,8 @@ extension Run {
         }
         let kvm = environment["MINIVISOR_KVM_DEVICE"] ?? "/dev/kvm"
         guard !kvm.isEmpty else { throw CLIError("MINIVISOR_KVM_DEVICE is empty: unset it or point it at /dev/kvm") }
-        return RunRequest(image: image, memoryBytes: memoryBytes, cpus: cpus, cmdline: cmdline, serial: serialChoice,
-                          modules: modules, timeoutSeconds: seconds, display: displayChoice, vgpuType: type, screenshot: screenshot, vnc: vncAddress,
+        return RunRequest(image: image, memoryBytes: memoryBytes, cpus: cpus, cmdline: commandLine, serial: serialChoice,
+                          modules: modules, initrd: initrd, timeoutSeconds: seconds, display: displayChoice, vgpuType: type, screenshot: screenshot, vnc: vncAddress,
                           pit: pitMode, logLevel: level, kvmDevicePath: kvm, seccomp: !noSeccomp, gdbPort: gdbPort, gdbWait: gdbWait,
                           configFile: config)
     }

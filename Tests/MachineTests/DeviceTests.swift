@@ -99,9 +99,35 @@ struct DeviceTests {
         #expect(ExitReason.debugExit(7).exitStatus == 15)
         #expect(ExitReason.powerOff.exitStatus == 0)
         let ours: [ExitReason] = [.reboot, .tripleFault(cpu: 0, registers: ""), .internalError(cpu: 0, detail: "", registers: ""),
-                                  .entryFailure(cpu: 0, reason: 0, registers: ""), .timeout, .hostError("")]
+                                  .entryFailure(cpu: 0, reason: 0, registers: ""), .timeout, .hostError(""), .signal(2), .guestPanic]
         let statuses = ours.map(\.exitStatus)
         #expect(Set(statuses).count == statuses.count)
         #expect(statuses.allSatisfy { $0 % 2 == 0 && $0 != 0 && $0 != 2 })
+    }
+
+    @Test func pvpanicEndsTheVMOnlyOnAPanic() {
+        let rec = StopRecorder()
+        let p = PVPanic(control: rec)
+        #expect(reg(p, 0) == 3, "reads say PANICKED and CRASH_LOADED are supported")
+        set(p, 0, 0x02)   // crash loaded (kdump): the guest goes on
+        #expect(rec.reasons.withLock { $0 }.isEmpty)
+        set(p, 0, 0x01)
+        #expect(rec.reasons.withLock { $0 } == [.guestPanic])
+        #expect(ExitReason.guestPanic.exitStatus == 20)
+    }
+
+    @Test func bootTimerReportsOneByteWritesSinceProcessStart() {
+        let lines = Mutex<[String]>([])
+        let t = BootTimer { line in lines.withLock { $0.append(line) } }
+        #expect(t.processStartNanoseconds != nil)
+        set(t, 0, 0x7b, size: 2)   // not a one-byte write: ignored
+        set(t, 0, 0x7b)
+        let got = lines.withLock { $0 }
+        #expect(got.count == 1)
+        #expect(got.first?.hasPrefix("boot timer: ") == true && got.first?.hasSuffix(" ms from process start to the guest's write of 0x7b to port 0xf6") == true)
+        // The figure is the time since this process started: positive, and no more than the process has lived.
+        let ms = Double(got.first?.split(separator: " ")[2] ?? "") ?? -1
+        let lived = Double(BootTimer.bootTimeNanoseconds() - (t.processStartNanoseconds ?? 0)) / 1e6
+        #expect(ms > 0 && ms <= lived + 10)
     }
 }

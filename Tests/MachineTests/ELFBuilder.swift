@@ -2,6 +2,8 @@
 struct ELFBuilder {
     struct Segment {
         var type: UInt32 = 1; var paddr: UInt64; var data: [UInt8]; var memsz: UInt64? = nil; var offset: UInt64? = nil
+        /// p_vaddr when it should differ from p_paddr (a vmlinux links at 0xffffffff81000000).
+        var vaddr: UInt64? = nil
         /// p_filesz when it should differ from data.count (e.g. a segment whose bytes lie in a sparse tail).
         var filesz: UInt64? = nil
     }
@@ -30,7 +32,7 @@ struct ELFBuilder {
             let memsz = s.memsz ?? UInt64(s.data.count)
             let filesz = s.filesz ?? UInt64(s.data.count)
             if is64 {
-                h += le(s.type) + le(UInt32(7)) + le(offsets[i]) + le(s.paddr) + le(s.paddr)
+                h += le(s.type) + le(UInt32(7)) + le(offsets[i]) + le(s.vaddr ?? s.paddr) + le(s.paddr)
                 h += le(filesz) + le(memsz) + le(UInt64(0x1000))
             } else {
                 h += le(s.type) + le(UInt32(offsets[i])) + le(UInt32(s.paddr)) + le(UInt32(s.paddr))

@@ -85,7 +85,7 @@ struct LoaderTests {
         #expect(throws: ImageError.empty("test.elf")) { try load([]) }
         var bz = [UInt8](repeating: 0, count: 0x300)
         bz[0x202] = 0x48; bz[0x203] = 0x64; bz[0x204] = 0x72; bz[0x205] = 0x53
-        #expect(throws: ImageError.bzImageUnsupported("test.elf")) { try load(bz) }
+        #expect(throws: ImageError.linuxProtocolTooOld("test.elf", version: 0)) { try load(bz) }
     }
 
     @Test func rejects32BitELFWithoutMultiboot() throws {

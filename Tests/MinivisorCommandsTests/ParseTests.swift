@@ -91,6 +91,20 @@ struct ParseTests {
         } else { Issue.record("empty MINIVISOR_KVM_DEVICE accepted") }
     }
 
+    @Test func linuxKernelFlags() throws {
+        let r = try request(["run", "--kernel", "bzImage", "--initrd", "initramfs.cpio.gz", "--append", "console=ttyS0 quiet"])
+        #expect(r.image == "bzImage" && r.initrd == "initramfs.cpio.gz" && r.cmdline == "console=ttyS0 quiet")
+        #expect(r.configuration().initrd == "initramfs.cpio.gz")
+        #expect(r.configuration().inputFiles(image: r.bootImage).contains(InputFile(.initrd, "initramfs.cpio.gz")))
+        // A positional image still works, and --cmdline is the same as --append.
+        let p = try request(["run", "vmlinux", "--cmdline", "quiet"])
+        #expect(p.image == "vmlinux" && p.cmdline == "quiet" && p.initrd == nil)
+        #expect(refusal(["run", "a.elf", "--kernel", "b"]).contains("give one of them"))
+        #expect(refusal(["run", "--initrd", "i.cpio"]).contains("add --kernel"))
+        #expect(refusal(["run", "--kernel", "k", "--initrd", ""]).contains("--initrd needs a path"))
+        #expect(refusal(["run", "--kernel", "k", "--append", "a", "--cmdline", "b"]).contains("use one of them"))
+    }
+
     /// User text in messages is quoted and escaped: a value with a line break still gives one line.
     @Test func userTextStaysOnOneLine() {
         for argv in [["run", "--cpus", "1\n2"], ["run", "--memory", "1\n"], ["run", "--timeout", "1\n"],

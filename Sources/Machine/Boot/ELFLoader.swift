@@ -7,6 +7,16 @@ public struct LoadSegment: Equatable, Sendable {
     public let fileOffset: UInt64
     public let fileSize: UInt64
     public let memorySize: UInt64
+    /// Where the segment is linked (p_vaddr); the physical address for formats without one.
+    public let virtualAddress: UInt64
+
+    public init(physicalAddress: UInt64, fileOffset: UInt64, fileSize: UInt64, memorySize: UInt64, virtualAddress: UInt64? = nil) {
+        self.physicalAddress = physicalAddress
+        self.fileOffset = fileOffset
+        self.fileSize = fileSize
+        self.memorySize = memorySize
+        self.virtualAddress = virtualAddress ?? physicalAddress
+    }
     /// One past the last byte in guest memory (the parsers guarantee this does not overflow).
     public var end: UInt64 { physicalAddress + memorySize }
 }
@@ -77,7 +87,7 @@ public enum ELFParser {
             let (_, o2) = ph.p_paddr.addingReportingOverflow(ph.p_memsz)
             guard !o2 else { throw .malformedELF(name, "segment \(i) wraps around the address space") }
             segments.append(LoadSegment(physicalAddress: ph.p_paddr, fileOffset: ph.p_offset,
-                                        fileSize: ph.p_filesz, memorySize: ph.p_memsz))
+                                        fileSize: ph.p_filesz, memorySize: ph.p_memsz, virtualAddress: ph.p_vaddr))
         }
         try checkNoOverlap(segments, name: name)
         return ELFImage(is64Bit: cls == ELFCLASS64, machine: ehdr.e_machine, type: ehdr.e_type,

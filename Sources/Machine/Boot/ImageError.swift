@@ -18,7 +18,21 @@ public enum ImageError: Error, Equatable, CustomStringConvertible, Sendable {
     /// A segment lands on a boot structure that has a fixed address (the real-mode IVT, the ELF64 page tables...).
     case overlapsBootStructure(String, start: UInt64, end: UInt64, structure: String, structureStart: UInt64, structureEnd: UInt64)
     case entryOutsideImage(String, UInt64)
-    case bzImageUnsupported(String)
+    /// A Linux bzImage whose setup header's boot protocol is older than `LinuxSetupHeader.minimumVersion`.
+    case linuxProtocolTooOld(String, version: UInt16)
+    /// A Linux bzImage minivisor can neither decompress on the host nor enter at its 64-bit entry point.
+    case linuxNo64BitEntry(String, why: String)
+    /// A Linux bzImage whose compressed payload does not decompress (`format`: XZ, gzip, zstd).
+    case linuxBadPayload(String, format: String, why: String)
+    /// A Linux kernel that needs guest RAM up to `needsEnd` (its decompressed size), beyond low RAM.
+    case linuxKernelDoesNotFit(String, needsEnd: UInt64, ramDescription: String)
+    /// The Linux command line (with what minivisor adds) is longer than the kernel's `cmdline_size`.
+    case linuxCommandLineTooLong(Int, max: Int)
+    case initrdUnreadable(String, String)
+    /// The initrd does not fit between the kernel's end and min(low RAM end, initrd_addr_max).
+    case initrdDoesNotFit(String, size: UInt64, largestFree: UInt64)
+    /// --initrd given with an image that is not a Linux kernel.
+    case initrdNeedsLinux(String)
     case multiboot(String, String)
     case moduleUnreadable(String, String)
     /// A module larger than the largest free block of guest RAM below 4 GiB left for it (checked before reading).
@@ -50,7 +64,20 @@ public enum ImageError: Error, Equatable, CustomStringConvertible, Sendable {
         case let .overlapsBootStructure(p, s, e, what, ws, we):
             return "\(quoted(p)) loads at \(hex(s))-\(hex(e)), over the \(what) minivisor keeps at \(hex(ws))-\(hex(we)): link the image elsewhere, e.g. at 0x100000 or above"
         case let .entryOutsideImage(p, e): return "\(quoted(p)) has entry point \(hex(e)) outside its loaded segments: fix the image's entry symbol"
-        case .bzImageUnsupported(let p): return "\(quoted(p)) is a Linux bzImage, which minivisor cannot boot yet: boot the uncompressed vmlinux ELF or a multiboot kernel"
+        case let .linuxProtocolTooOld(p, v):
+            return "\(quoted(p)) is a Linux kernel with boot protocol \(LinuxSetupHeader.versionText(v)), older than the 2.06 minivisor needs: boot a kernel from Linux 2.6.22 or later"
+        case let .linuxNo64BitEntry(p, why):
+            return "\(quoted(p)) is a Linux bzImage minivisor cannot start: \(why): build the kernel for x86-64 with an XZ, gzip or zstd payload, or boot its vmlinux"
+        case let .linuxBadPayload(p, format, why):
+            return "\(quoted(p)) is a Linux bzImage whose \(format) payload does not decompress (\(why)): check the file is complete, or boot its vmlinux"
+        case let .linuxKernelDoesNotFit(p, end, ram):
+            return "Linux kernel \(quoted(p)) needs guest RAM up to \(hex(end)), more than there is below the 3 GiB hole (\(ram)): give more memory with --memory"
+        case let .linuxCommandLineTooLong(n, max):
+            return "kernel command line is \(n) bytes (with what minivisor adds), more than the \(max) this kernel accepts: shorten --append"
+        case let .initrdUnreadable(p, e): return "cannot read initrd \(quoted(p)): \(e): check the --initrd path"
+        case let .initrdDoesNotFit(p, size, free):
+            return "initrd \(quoted(p)) is \(size) bytes, more than the \(free) bytes of guest RAM free for it above the kernel: give more memory with --memory"
+        case .initrdNeedsLinux(let p): return "--initrd is for Linux kernels, and \(quoted(p)) is not one: drop --initrd or pass a bzImage or vmlinux"
         case let .multiboot(p, why): return "\(quoted(p)): bad multiboot kernel: \(why)"
         case let .moduleUnreadable(p, e): return "cannot read module \(quoted(p)): \(e): check the --module path"
         case let .moduleDoesNotFit(p, size, free):

@@ -10,7 +10,7 @@ import Glibc
 ///
 /// Threads and ownership: used by the thread that loads the guest, then closed; never shared.
 final class ImageFile {
-    enum Role { case image, module }
+    enum Role { case image, module, initrd }
 
     let path: String
     let role: Role
@@ -81,6 +81,10 @@ final class ImageFile {
         case (.module, .notRegular(let kind)): return .moduleUnreadable(path, "it is \(kind), not a regular file")
         case (.module, .shrank): return .moduleUnreadable(path, "the file shrank while it was read")
         case (.module, .system(let e)): return .moduleUnreadable(path, String(cString: strerror(e)))
+        case (.initrd, .missing): return .initrdUnreadable(path, "it does not exist")
+        case (.initrd, .notRegular(let kind)): return .initrdUnreadable(path, "it is \(kind), not a regular file")
+        case (.initrd, .shrank): return .initrdUnreadable(path, "the file shrank while it was read")
+        case (.initrd, .system(let e)): return .initrdUnreadable(path, String(cString: strerror(e)))
         }
     }
 

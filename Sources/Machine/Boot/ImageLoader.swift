@@ -34,11 +34,13 @@ public enum BootEntry: Sendable, Equatable {
     case multiboot(eip: UInt32, info: UInt32)
     /// Real mode at segment:0.
     case real16(segment: UInt16)
+    /// Linux's 64-bit boot protocol: long mode, paging on (identity map), RSI = boot_params.
+    case linux64(rip: UInt64, bootParams: UInt64)
 }
 
 /// The result of loading an image: how to enter it and what kind it was.
 public struct BootPlan: Sendable, Equatable {
-    public enum Kind: String, Sendable { case elf64 = "ELF64", multiboot = "multiboot", demo = "built-in demo", realMode = "real-mode blob" }
+    public enum Kind: String, Sendable { case elf64 = "ELF64", multiboot = "multiboot", demo = "built-in demo", realMode = "real-mode blob", linux = "Linux" }
     public let kind: Kind
     public let entry: BootEntry
     /// Whether secondary CPUs can be started through the firmware trampoline.
@@ -48,14 +50,17 @@ public struct BootPlan: Sendable, Equatable {
     /// Where the ACPI tables' RSDP is (0xe0000 unless the image covers it; see `BootLayout.acpiRSDP`), or
     /// nil for guests that get no ACPI tables (real-mode blobs). `Machine.start` writes the tables there.
     public let rsdpAddress: UInt64?
+    /// Lines for the boot log: what was loaded how, and what minivisor added (the CLI prints them).
+    public let log: [String]
 
     public init(kind: Kind, entry: BootEntry, hasAPTrampoline: Bool, mpTableAddress: UInt64 = BootLayout.mpTable,
-                rsdpAddress: UInt64? = BootLayout.acpiRSDP) {
+                rsdpAddress: UInt64? = BootLayout.acpiRSDP, log: [String] = []) {
         self.kind = kind
         self.entry = entry
         self.hasAPTrampoline = hasAPTrampoline
         self.mpTableAddress = mpTableAddress
         self.rsdpAddress = rsdpAddress
+        self.log = log
     }
 }
 
@@ -86,15 +91,18 @@ public struct ImageSource {
 /// overflow-checked arithmetic: no input traps, and what cannot be loaded intact is refused with one line.
 public enum ImageLoader {
     /// Loads `image`, writes its boot structures for `cpuCount` CPUs (1-255), and returns how to enter it.
+    /// `initrd` is for Linux kernels only; `host` decides what is added to a Linux command line.
     public static func load(_ image: BootImage, into memory: GuestMemory, cpuCount: Int, cmdline: String,
-                            modules: [BootModule] = []) throws(ImageError) -> BootPlan {
+                            modules: [BootModule] = [], initrd: String? = nil,
+                            host: HostProfile = HostProfile(softwareKVM: false)) throws(ImageError) -> BootPlan {
         precondition((1...255).contains(cpuCount), "cpuCount must be 1-255 (ConfigurationError.validate checks it)")
         guard cmdline.utf8.count <= BootLayout.cmdlineMaxBytes else { throw .commandLineTooLong(cmdline.utf8.count) }
         guard !cmdline.utf8.contains(0) else { throw .nulInText("the command line") }
-        let context = Context(memory: memory, cpuCount: cpuCount, cmdline: cmdline, modules: modules)
+        let context = Context(memory: memory, cpuCount: cpuCount, cmdline: cmdline, modules: modules, initrd: initrd, host: host)
 
         switch image {
         case .builtinDemo:
+            if initrd != nil { throw .initrdNeedsLinux("built-in demo guest") }
             var len: UInt = 0
             let p = mv_firmware_demo_guest(&len)!
             try context.writeFixedLowStructures()
@@ -136,7 +144,7 @@ public enum ImageLoader {
     }
 
     /// The boot protocols images are tried against, in order (the first that recognises an image boots it).
-    static let protocols: [any BootProtocol] = [ELF64BootProtocol(), MultibootBootProtocol()]
+    static let protocols: [any BootProtocol] = [LinuxBootProtocol(), ELF64BootProtocol(), MultibootBootProtocol()]
 
     /// One load: the memory, the machine's shape and what the user passed (a protocol's target).
     public struct Context {
@@ -144,17 +152,18 @@ public enum ImageLoader {
         public let cpuCount: Int
         public let cmdline: String
         public let modules: [BootModule]
+        /// The Linux initrd (`--initrd`); other protocols refuse one.
+        public let initrd: String?
+        public let host: HostProfile
 
         /// Boots `source` with the first protocol in `ImageLoader.protocols` that recognises it, or says
         /// why none does.
         func load(_ source: ImageSource) throws(ImageError) -> BootPlan {
             for p in ImageLoader.protocols where try p.recognises(source) {
+                if initrd != nil, !(p is LinuxBootProtocol) { throw .initrdNeedsLinux(source.name) }
                 return try p.load(source, into: self)
             }
             let bytes = source.bytes, name = source.name
-            if bytes.count > 0x206, bytes[0x202] == 0x48, bytes[0x203] == 0x64, bytes[0x204] == 0x72, bytes[0x205] == 0x53 {
-                throw .bzImageUnsupported(name)   // "HdrS": leave room for the Linux boot protocol
-            }
             if ELFParser.isELF(bytes) {
                 let cls = bytes.count > 4 && bytes[4] == 1 ? "32-bit" : "non-64-bit"
                 throw .wrongClass(name, cls)

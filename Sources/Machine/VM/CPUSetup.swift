@@ -8,6 +8,8 @@ public struct HostProfile: Sendable, Equatable {
     /// with an emulation failure, so their CPUID features are hidden from guests.
     public var softwareKVM: Bool
 
+    public init(softwareKVM: Bool) { self.softwareKVM = softwareKVM }
+
     public static func detect() -> HostProfile {
         HostProfile(softwareKVM: access("/sys/module/kvm_pvm", F_OK) == 0)
     }
@@ -93,7 +95,7 @@ enum CPUSetup {
         var regs = kvm_regs()
         regs.rflags = 0x2
         switch entry {
-        case .long64(let rip):
+        case .long64(let rip), .linux64(let rip, _):
             let data = segment(selector: BootLayout.dataSelector, type: 0x3, db: true)
             sregs.cs = segment(selector: BootLayout.code64Selector, type: 0xb, code64: true, db: false)
             sregs.ds = data; sregs.es = data; sregs.fs = data; sregs.gs = data; sregs.ss = data
@@ -109,8 +111,12 @@ enum CPUSetup {
             sregs.efer = 0x500
             regs.rip = rip
             regs.rsp = BootLayout.bootStackTop
-            regs.rdi = BootLayout.bootInfo
-            regs.rsi = UInt64(BootMagic.minivisorBootInfo)
+            if case .linux64(_, let bootParams) = entry {
+                regs.rsi = bootParams   // Linux 64-bit boot protocol: RSI = boot_params, interrupts off
+            } else {
+                regs.rdi = BootLayout.bootInfo
+                regs.rsi = UInt64(BootMagic.minivisorBootInfo)
+            }
         case let .multiboot(eip, info):
             let data = segment(selector: BootLayout.dataSelector, type: 0x3, db: true)
             sregs.cs = segment(selector: BootLayout.code32Selector, type: 0xb, db: true)

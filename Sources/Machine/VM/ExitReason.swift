@@ -19,6 +19,8 @@ public enum ExitReason: Sendable, Equatable, CustomStringConvertible {
     case timeout
     /// The host failed while running the VM (an unexpected ioctl error).
     case hostError(String)
+    /// The guest kernel panicked and said so on the pvpanic port (0x505).
+    case guestPanic
     /// The process was asked to end (SIGINT, SIGTERM, SIGHUP: the CLI stops the VM and exits).
     case signal(Int32)
 
@@ -34,12 +36,15 @@ public enum ExitReason: Sendable, Equatable, CustomStringConvertible {
         case .timeout: return 12
         case .hostError: return 14
         case .signal: return ExitReason.signalStatus
+        case .guestPanic: return ExitReason.guestPanicStatus
         }
     }
 
     public static let configurationErrorStatus: Int32 = 2
     /// The VM was stopped because the process got SIGINT, SIGTERM or SIGHUP.
     public static let signalStatus: Int32 = 18
+    /// The guest kernel panicked (pvpanic).
+    public static let guestPanicStatus: Int32 = 20
 
     public var description: String {
         switch self {
@@ -52,6 +57,7 @@ public enum ExitReason: Sendable, Equatable, CustomStringConvertible {
         case .timeout: return "timeout expired"
         case .hostError(let s): return "host error: \(s)"
         case .signal(let n): return "stopped by \(signalName(n))"
+        case .guestPanic: return "the guest kernel panicked (pvpanic port 0x505)"
         }
     }
 

@@ -152,6 +152,8 @@ public final class Machine: MachineControl, DeviceContext, @unchecked Sendable {
         keyboard.attach(self)
         try pioBus.register(keyboard, base: I8042.base, size: 5, name: "i8042")
         try pioBus.register(PMDevice(control: self), base: PMDevice.eventBlock, size: PMDevice.size, name: "acpi-pm1")
+        try pioBus.register(PVPanic(control: self), base: PVPanic.port, size: 1, name: "pvpanic")
+        try pioBus.register(BootTimer(report: configuration.bootTimerReport), base: BootTimer.port, size: 1, name: "boot-timer")
         try pioBus.register(pciBus, base: PCIBus.configAddressPort, size: PCIBus.portRangeSize, name: "pci-conf1")
         pciBus.attachResetControl(ResetControl(control: self))
         try pioBus.register(FirmwareConfig(cpuCount: configuration.cpuCount, ramBytes: memory.size,
@@ -176,8 +178,10 @@ public final class Machine: MachineControl, DeviceContext, @unchecked Sendable {
         guard current.0 == .created else { throw LifecycleError.wrongState(operation: "boot", state: current.0) }
         guard !current.1 else { throw LifecycleError.alreadyBooted }
         let plan = try ImageLoader.load(image, into: memory, cpuCount: configuration.cpuCount,
-                                        cmdline: configuration.cmdline, modules: configuration.modules)
-        let pit = configuration.pit == .on || (configuration.pit == .auto && plan.kind == .multiboot)
+                                        cmdline: configuration.cmdline, modules: configuration.modules,
+                                        initrd: configuration.initrd, host: configuration.host)
+        // Multiboot kernels and Linux expect a PC, PIT included; minivisor's own guests use the LAPIC timer.
+        let pit = configuration.pit == .on || (configuration.pit == .auto && (plan.kind == .multiboot || plan.kind == .linux))
         if pit { try vm.createPIT2() }
         try CPUSetup.setEntry(vcpus[0].vcpu, entry: plan.entry)
         state.withLock { s in

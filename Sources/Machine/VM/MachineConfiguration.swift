@@ -12,6 +12,13 @@ public struct MachineConfiguration: Sendable {
     public var serialInputFromStdin: Bool = false
     /// Multiboot modules.
     public var modules: [BootModule] = []
+    /// Where the boot timer's line goes (a write to port 0xf6, `BootTimer`); stderr by default.
+    public var bootTimerReport: @Sendable (String) -> Void = { line in
+        let text = Array("minivisor: \(line)\n".utf8)
+        _ = text.withUnsafeBytes { write(2, $0.baseAddress, $0.count) }
+    }
+    /// The initrd (initramfs) for a Linux kernel.
+    public var initrd: String? = nil
     /// End the VM with `ExitReason.timeout` after this long.
     public var timeout: Duration? = nil
     /// How often the monitor looks at the vCPUs' KVM statistics to find every vCPU halted with interrupts
@@ -39,6 +46,7 @@ public struct MachineConfiguration: Sendable {
         var inputs: [InputFile] = []
         if case .file(let path) = image { inputs.append(InputFile(.image, path)) }
         inputs += modules.map { InputFile(.module, $0.path) }
+        if let initrd { inputs.append(InputFile(.initrd, initrd)) }
         inputs.append(InputFile(.kvmDevice, kvmDevicePath))
         return inputs
     }

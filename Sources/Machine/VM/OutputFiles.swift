@@ -22,7 +22,7 @@ public struct FileIdentity: Hashable, Sendable {
 
 /// A file the VM reads: never to be opened for writing by the same VM.
 public struct InputFile: Sendable, Equatable {
-    public enum Kind: Sendable, Equatable { case image, module, kvmDevice }
+    public enum Kind: Sendable, Equatable { case image, module, initrd, kvmDevice }
     public let kind: Kind
     public let path: String
     public init(_ kind: Kind, _ path: String) { self.kind = kind; self.path = path }
@@ -32,6 +32,7 @@ public struct InputFile: Sendable, Equatable {
         switch kind {
         case .image: return "the guest image \(quoted(path))"
         case .module: return "the module \(quoted(path))"
+        case .initrd: return "the initrd \(quoted(path))"
         case .kvmDevice: return "the KVM device \(quoted(path))"
         }
     }

@@ -330,6 +330,7 @@ extension Machine {
                 if e.suberror == VMExit.InternalError.emulationFailure {
                     if let at = debuggerBreakpoint(vcpu, e) { c.debugStop(.softwareBreakpoint(at), self); continue }
                     if recoverBreakpoint(vcpu, e) { continue }
+                    if skipFWAIT(vcpu, e) { continue }
                 }
                 requestStop(.internalError(cpu: vcpu.id, detail: describeFailure(vcpu, e), registers: CPUSetup.registerDump(vcpu)))
             case .systemEvent(let type):
@@ -415,6 +416,18 @@ extension Machine {
         } catch { return false }
         int3Recoveries.add(1, ordering: .relaxed)
         vcpuLog.log(.debug, "int3 recovery", "vCPU \(vcpu.id): int3 emulation failure at 0x\(String(regs.rip &- 1, radix: 16)) delivered as #BP")
+        return true
+    }
+
+    /// Stop-gap until the instruction emulator (issue 9) replaces it: kvm-pvm cannot emulate `fwait`
+    /// (0x9b), which Linux executes unconditionally in its FPU code when a thread exits. FWAIT only
+    /// raises a pending unmasked x87 exception; the kernel runs with none pending there, so stepping over
+    /// it (RIP + 1) is what the CPU would do.
+    func skipFWAIT(_ vcpu: KVMVCPU, _ e: VMExit.InternalError) -> Bool {
+        guard instructionBytes(vcpu, e).first == 0x9b, var regs = try? vcpu.getRegisters() else { return false }
+        regs.rip &+= 1
+        do { try vcpu.setRegisters(regs) } catch { return false }
+        vcpuLog.log(.debug, "fwait skipped", "vCPU \(vcpu.id): fwait emulation failure at 0x\(String(regs.rip &- 1, radix: 16)) stepped over")
         return true
     }
 
