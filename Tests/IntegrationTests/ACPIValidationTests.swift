@@ -85,7 +85,7 @@ struct ACPIValidationTests {
         let tables = ACPITables(inventory: ACPIInventory(cpuCount: 2, pciInterrupts: Self.routes), at: BootLayout.acpiRSDP)
         let dir = Self.writeTables(tables, name: "exec")
         defer { _ = Support.run("/bin/rm", ["-rf", dir]) }
-        let (status, out) = Support.run(Self.acpiexec, ["-b", "evaluate \\_S5; evaluate \\_SB.PCI0._PRT; evaluate \\_SB.PCI0._CRS; evaluate \\_SB.PCI0._HID",
+        let (status, out) = Support.run(Self.acpiexec, ["-b", "evaluate \\_S5; evaluate \\_SB.PCI0._PRT; evaluate \\_SB.PCI0._CRS; evaluate \\_SB.PCI0._HID; evaluate \\_SB.PEVT._HID; evaluate \\_SB.PEVT._CRS",
                                                         "\(dir)/dsdt.dat"])
         #expect(status == 0, "\(out)")
         #expect(!out.contains("Error") && !out.contains("Warning") && !out.contains("Could not"), "\(out)")
@@ -93,6 +93,7 @@ struct ACPIValidationTests {
         #expect(out.contains("[Integer] = 0000000000000010") && out.contains("[Integer] = 0000000000000011"), "\(out)")   // GSIs 16, 17
         #expect(out.contains("[Integer] = 000000000002FFFF"), "\(out)")                                                  // device 2
         #expect(out.contains("[Integer] = 00000000030AD041"), "\(out)")                                                  // PNP0A03
+        #expect(out.contains("QEMU0001"), "pvpanic's _HID: \(out)")
     }
 
     func hex2(_ v: Int) -> String {

@@ -31,7 +31,7 @@ public struct ACPIInventory: Sendable, Equatable {
 /// - MADT: one enabled local APIC per vCPU (UID = APIC ID = index), the IOAPIC at 0xfec00000 (GSI base 0,
 ///   ID as in the MP table), an interrupt source override for the SCI (IRQ 9, level, active high), and
 ///   LINT1 = NMI on every CPU. ISA IRQs 0-15 map 1:1 to GSIs, as in the MP table (no override needed).
-/// - DSDT: `\_S5` = Package { `PMDevice.s5SleepType`, 0, 0, 0 }, and `\_SB.PCI0` (PNP0A03, bus 0) with a
+/// - DSDT: `\_S5` = Package { `PMDevice.s5SleepType`, 0, 0, 0 }, `\_SB.PEVT` (QEMU0001, pvpanic at 0x505), and `\_SB.PCI0` (PNP0A03, bus 0) with a
 ///   `_CRS` (bus numbers 0-255, ports 0xcf8-0xcff, every other I/O port, the PCI MMIO window) and a `_PRT`
 ///   with each PCI INTx route.
 ///
@@ -179,7 +179,14 @@ public struct ACPITables: Sendable, Equatable {
             AML.name("_CRS", crs),
             AML.name("_PRT", AML.package(prt)),
         ])
-        return table("DSDT", revision: 2, body: s5 + AML.scope("\\_SB", [pci0]))
+        // QEMU's pvpanic ISA device (what Linux's pvpanic driver binds to): a guest panic ends the VM with
+        // status 20 (`PVPanic`).
+        let pvpanic = AML.device("PEVT", [
+            AML.name("_HID", AML.string("QEMU0001")),
+            AML.name("_UID", AML.integer(0)),
+            AML.name("_CRS", AML.resourceTemplate([AML.ioPort(UInt16(PVPanic.port), length: 1)])),
+        ])
+        return table("DSDT", revision: 2, body: s5 + AML.scope("\\_SB", [pci0, pvpanic]))
     }
 
     static func align16(_ v: Int) -> Int { (v + 15) & ~15 }

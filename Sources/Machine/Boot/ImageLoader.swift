@@ -156,6 +156,16 @@ public enum ImageLoader {
         public let initrd: String?
         public let host: HostProfile
 
+        public init(memory: GuestMemory, cpuCount: Int, cmdline: String, modules: [BootModule],
+                    initrd: String? = nil, host: HostProfile = .detect()) {
+            self.memory = memory
+            self.cpuCount = cpuCount
+            self.cmdline = cmdline
+            self.modules = modules
+            self.initrd = initrd
+            self.host = host
+        }
+
         /// Boots `source` with the first protocol in `ImageLoader.protocols` that recognises it, or says
         /// why none does.
         func load(_ source: ImageSource) throws(ImageError) -> BootPlan {
