@@ -85,7 +85,10 @@ struct NativeComparisonTests {
                 "flags: emulated 0x\(String(cpu.regs.rflags & 0x8d5, radix: 16)), native 0x\(String(native.state.rflags & 0x8d5, radix: 16))",
                 sourceLocation: sourceLocation)
         #expect(cpu.fpu.mxcsr == native.state.mxcsr, "MXCSR", sourceLocation: sourceLocation)
-        #expect(emulatedData == nativeData, "memory after the instruction", sourceLocation: sourceLocation)
+        let firstDifference = zip(emulatedData, nativeData).enumerated().first { $0.element.0 != $0.element.1 }
+        #expect(firstDifference == nil,
+                "memory differs first at data offset \(firstDifference?.offset ?? 0): emulated \(firstDifference?.element.0 ?? 0), native \(firstDifference?.element.1 ?? 0)",
+                sourceLocation: sourceLocation)
         if native.vector < 0 {
             #expect(cpu.injected.isEmpty, "the emulator injected \(cpu.injected) where the CPU raised nothing", sourceLocation: sourceLocation)
         } else {

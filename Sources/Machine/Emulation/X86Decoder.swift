@@ -21,6 +21,9 @@ public struct DecodedInstruction: Sendable, Equatable {
         public var index: Register?
         public var scale: Int
         public var displacement: Int64
+        public init(segment: Int?, base: Register?, index: Register?, scale: Int, displacement: Int64) {
+            self.segment = segment; self.base = base; self.index = index; self.scale = scale; self.displacement = displacement
+        }
     }
 
     public enum Operand: Sendable, Equatable {
@@ -88,7 +91,7 @@ public struct DecodedInstruction: Sendable, Equatable {
     }
 
     /// The ZydisMnemonic value of a mnemonic name, for keying tables; nil if Zydis has no such mnemonic.
-    static func mnemonicValue(of name: String) -> Int32? {
+    public static func mnemonicValue(of name: String) -> Int32? {
         let v = cx86_mnemonic_from_name(name)
         return v < 0 ? nil : v
     }
