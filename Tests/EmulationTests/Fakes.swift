@@ -20,6 +20,8 @@ final class FakeCPU: EmulatedCPU {
     func setSpecialRegisters(_ s: kvm_sregs) throws { sregs = s; writes += 1 }
     func getFPU() throws -> kvm_fpu { fpu }
     func setFPU(_ f: kvm_fpu) throws { fpu = f; writes += 1 }
+    func getMXCSR() throws -> UInt32 { fpu.mxcsr }
+    func setMXCSR(_ v: UInt32) throws { fpu.mxcsr = v; writes += 1 }
     func injectException(_ vector: UInt8, errorCode: UInt32?) throws { injected.append((vector, errorCode)) }
     func translate(_ linear: UInt64) throws -> UInt64? {
         if let p = extraPages[linear & ~0xfff] { return p | (linear & 0xfff) }

@@ -10,6 +10,9 @@ public protocol EmulatedCPU: AnyObject {
     func setSpecialRegisters(_ sregs: kvm_sregs) throws
     func getFPU() throws -> kvm_fpu
     func setFPU(_ fpu: kvm_fpu) throws
+    /// The SSE control and status register.
+    func getMXCSR() throws -> UInt32
+    func setMXCSR(_ value: UInt32) throws
     /// Queues exception `vector` (with its error code, if it has one) for delivery at the next entry.
     func injectException(_ vector: UInt8, errorCode: UInt32?) throws
     /// Guest-linear to guest-physical through the vCPU's current page tables; nil when not mapped.

@@ -250,17 +250,15 @@ public enum InstructionEmulator {
         try checkSSE(s)
         let value = UInt32(truncatingIfNeeded: try s.readOperand(0))
         if value & ~hostMXCSRMask != 0 { throw GuestException.generalProtection }
-        var fpu = try s.kvm { try s.cpu.getFPU() }
-        fpu.mxcsr = value
-        try s.kvm { try s.cpu.setFPU(fpu) }
+        try s.kvm { try s.cpu.setMXCSR(value) }
         return .next
     }
 
     /// stmxcsr m32: MXCSR to memory.
     static func stmxcsr(_ s: inout EmulationStep) throws -> StepEnd {
         try checkSSE(s)
-        let fpu = try s.kvm { try s.cpu.getFPU() }
-        try s.writeOperand(0, UInt64(fpu.mxcsr))
+        let mxcsr = try s.kvm { try s.cpu.getMXCSR() }
+        try s.writeOperand(0, UInt64(mxcsr))
         return .next
     }
 
