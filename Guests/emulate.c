@@ -40,6 +40,8 @@ int main(const struct mv_boot_info *bi) {
     mv_set_handler(13, gp_handler);
     mv_set_handler(6, ud_handler);
 
+    check("mxcsr at entry (docs/boot-protocol.md)", stmxcsr_rip_relative(), 0x1f80);
+
     __asm__ volatile("int3" : : : "memory");
     check("int3 handler calls", bp_count, 1);
 
