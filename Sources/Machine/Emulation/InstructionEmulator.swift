@@ -273,7 +273,7 @@ public enum InstructionEmulator {
 
     /// movbe r, m / movbe m, r: a load or store with the bytes reversed; flags unchanged.
     static func movbe(_ s: inout EmulationStep) throws -> StepEnd {
-        let bits = s.instruction.operands[0].bits
+        let bits = try s.explicitOperand(0).bits
         let value = try s.readOperand(1)
         let swapped: UInt64
         switch bits {
@@ -291,7 +291,7 @@ public enum InstructionEmulator {
     /// (#GP(0)).
     static func cmpxchg(_ s: inout EmulationStep) throws -> StepEnd {
         guard case .memory(let m) = s.instruction.operands.first?.operand else { throw GuestException.undefinedOpcode }
-        let wide = s.instruction.operands[0].bits == 128
+        let wide = s.instruction.mnemonic == "cmpxchg16b"
         let size = wide ? 16 : 8
         let linear = try s.linearAddress(m)
         if wide && linear & 15 != 0 { throw GuestException.generalProtection }
@@ -419,9 +419,17 @@ struct EmulationStep {
 
     // MARK: operands
 
+    /// Explicit operand `n` with its size; a refusal when the instruction has fewer, or one wider than 64 bits.
+    func explicitOperand(_ n: Int) throws -> (operand: DecodedInstruction.Operand, bits: Int) {
+        guard n < instruction.operands.count, instruction.operands[n].bits <= 64 else {
+            throw EmulationError.unsupportedForm(mnemonic: instruction.mnemonic, why: "in this operand form")
+        }
+        return instruction.operands[n]
+    }
+
     /// The value of explicit operand `n` (registers, memory, immediates), zero-extended.
     func readOperand(_ n: Int) throws -> UInt64 {
-        let (operand, bits) = instruction.operands[n]
+        let (operand, bits) = try explicitOperand(n)
         switch operand {
         case .register(let r): return try readRegister(r)
         case .immediate(let v): return v & Self.mask(bits)
@@ -430,7 +438,7 @@ struct EmulationStep {
     }
 
     mutating func writeOperand(_ n: Int, _ value: UInt64) throws {
-        let (operand, bits) = instruction.operands[n]
+        let (operand, bits) = try explicitOperand(n)
         switch operand {
         case .register(let r): try writeRegister(r, value)
         case .memory(let m): try writeMemory(try linearAddress(m), bytes: value.littleEndianBytes(count: bits / 8))

@@ -66,7 +66,9 @@ public struct DecodedInstruction: Sendable, Equatable {
             return (0..<min(count, ops.count)).compactMap { i -> (Operand, Int)? in
                 let o = ops[i]
                 switch Int32(o.type) {
-                case Int32(CX86_OPERAND_REGISTER): return (.register(Self.register(o.reg)!), Int(o.size))
+                case Int32(CX86_OPERAND_REGISTER):
+                    guard let r = Self.register(o.reg) else { return nil }
+                    return (.register(r), Int(o.size))
                 case Int32(CX86_OPERAND_MEMORY):
                     let m = MemoryOperand(segment: o.segment.kind == CX86_REG_SEGMENT ? Int(o.segment.index) : nil,
                                           base: Self.register(o.base), index: Self.register(o.index),
