@@ -35,6 +35,9 @@ let package = Package(
         .target(name: "CSeccomp", dependencies: ["CLibseccomp"]),
         // Boot code placed into guests (AP trampoline, built-in demo guest), assembled by the build.
         .target(name: "Firmware", path: "Firmware"),
+        // x86 decoding through Zydis (Debian's libzydis-dev has no pkg-config file) and guest-memory atomics,
+        // for the instruction emulator.
+        .target(name: "CX86", linkerSettings: [.linkedLibrary("Zydis")]),
 
         // Typed KVM layer: system, VM, vCPU, exits.
         .target(name: "KVM", dependencies: [
@@ -43,7 +46,7 @@ let package = Package(
         ]),
         // The machine: guest memory, buses, legacy devices, PCI, boot protocols, vCPU threads.
         .target(name: "Machine", dependencies: [
-            "KVM", "CKVM", "CLibelf", "CCompression", "CSeccomp", "Firmware",
+            "KVM", "CKVM", "CLibelf", "CCompression", "CSeccomp", "Firmware", "CX86",
             .product(name: "Logging", package: "swift-log"),
         ]),
         // The software "physical" GPU: GM + GTT, engines, command set, display. No KVM knowledge.
@@ -82,6 +85,9 @@ let package = Package(
                 path: "Tests/TestSupport"),
         .testTarget(name: "MachineTests", dependencies: ["Machine", "KVM", "TestSupport", "VNC", .product(name: "Logging", package: "swift-log")]),
         .testTarget(name: "SoftGPUTests", dependencies: ["SoftGPU"]),
+        // Testing only: runs instruction bytes natively on the host CPU, the reference for the emulator's tests.
+        .target(name: "CNativeExec", path: "Tests/NativeExec"),
+        .testTarget(name: "EmulationTests", dependencies: ["Machine", "KVM", "CKVM", "CX86", "CNativeExec"]),
         .testTarget(name: "VGPUTests", dependencies: ["VGPU", "SoftGPU", "Machine", "KVM", "CLibpng", "TestSupport",
                                                  .product(name: "Logging", package: "swift-log")]),
         .testTarget(name: "MinivisorCommandsTests", dependencies: ["MinivisorCommands", "Minivisor"]),

@@ -2,8 +2,8 @@
 # Installs the Debian packages minivisor needs to build and test, if any are missing.
 # The Swift toolchain itself is expected on PATH.
 set -euo pipefail
-packages=(libelf-dev liblzma-dev zlib1g-dev libzstd-dev libpng-dev libseccomp-dev libvncserver-dev pkg-config gcc make binutils gdb
-          vncsnapshot libjpeg-turbo-progs acpica-tools)   # gdb: the gdb stub test; vncsnapshot, djpeg: the VNC test; acpica-tools: iasl and acpiexec check the ACPI tables
+packages=(libelf-dev liblzma-dev zlib1g-dev libzstd-dev libpng-dev libseccomp-dev libvncserver-dev libzydis-dev pkg-config gcc make binutils gdb
+          vncsnapshot libjpeg-turbo-progs acpica-tools)   # gdb: the gdb stub test; vncsnapshot, djpeg: the VNC test; acpica-tools: iasl and acpiexec check the ACPI tables; libzydis-dev: the instruction emulator's decoder
 missing=()
 for p in "${packages[@]}"; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

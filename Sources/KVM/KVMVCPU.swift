@@ -115,6 +115,36 @@ public final class KVMVCPU: @unchecked Sendable {
         _ = try check("KVM_SET_FPU(vCPU \(id))") { ckvm_ioctl(fd.rawValue, CKVM_KVM_SET_FPU, &f) }
     }
 
+    /// KVM_GET_XSAVE: the guest's XSAVE area in KVM's 4 KiB layout (legacy FXSAVE region first, the
+    /// XSAVE header at 512).
+    public func getXSAVE() throws -> kvm_xsave {
+        var x = kvm_xsave()
+        _ = try check("KVM_GET_XSAVE(vCPU \(id))") { ckvm_ioctl(fd.rawValue, CKVM_KVM_GET_XSAVE, &x) }
+        return x
+    }
+
+    public func setXSAVE(_ xsave: kvm_xsave) throws {
+        var x = xsave
+        _ = try check("KVM_SET_XSAVE(vCPU \(id))") { ckvm_ioctl(fd.rawValue, CKVM_KVM_SET_XSAVE, &x) }
+    }
+
+    /// The guest's MXCSR, from its XSAVE area (KVM_GET_FPU's copy of it is not kept on every host).
+    public func getMXCSR() throws -> UInt32 {
+        let x = try getXSAVE()
+        return withUnsafeBytes(of: x.region) { $0.load(fromByteOffset: 24, as: UInt32.self) }
+    }
+
+    /// Sets the guest's MXCSR through its XSAVE area (marking the SSE state present, so KVM copies it).
+    public func setMXCSR(_ value: UInt32) throws {
+        var x = try getXSAVE()
+        withUnsafeMutableBytes(of: &x.region) { r in
+            r.storeBytes(of: value, toByteOffset: 24, as: UInt32.self)
+            let bv = r.load(fromByteOffset: 512, as: UInt64.self)
+            r.storeBytes(of: bv | 2, toByteOffset: 512, as: UInt64.self)
+        }
+        try setXSAVE(x)
+    }
+
     /// KVM_SET_MSRS. Returns how many of the entries KVM accepted (it stops at the first it refuses).
     @discardableResult
     public func setMSRs(_ msrs: [(index: UInt32, value: UInt64)]) throws -> Int {

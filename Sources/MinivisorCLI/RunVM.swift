@@ -69,6 +69,11 @@ func runVM(_ request: RunRequest) -> Never {
         writeStderr("minivisor: \(reason)\n")
         if let dump = reason.registerDump { writeStderr(dump + "\n") }
     }
+    // --log-level info or lower: what minivisor's instruction emulator did for the host's KVM.
+    let emulated = vm.machine.emulatedInstructions
+    if level <= .info && emulated.total > 0 {
+        writeStderr("minivisor: emulated \(emulated.total) instructions the host's KVM could not: \(emulated.summary)\n")
+    }
     if let error = vm.screenshotError {
         fail("\(error); exit status \(CLIStatus.hostError) instead of \(reason.exitStatus) (\(reason))", status: CLIStatus.hostError)
     }

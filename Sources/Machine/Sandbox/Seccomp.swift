@@ -96,7 +96,7 @@ public enum SeccompFilter: String, Sendable, CaseIterable {
                 CKVM_KVM_RUN, CKVM_KVM_GET_REGS, CKVM_KVM_SET_REGS, CKVM_KVM_GET_SREGS, CKVM_KVM_GET_MP_STATE,
                 CKVM_KVM_GET_VCPU_EVENTS, CKVM_KVM_SET_VCPU_EVENTS, CKVM_KVM_TRANSLATE,
                 // The mailbox (pause/resume, full state read and write) and the gdb stub (guest debug).
-                CKVM_KVM_SET_SREGS, CKVM_KVM_GET_FPU, CKVM_KVM_SET_FPU, CKVM_KVM_GET_MSRS, CKVM_KVM_SET_MSRS,
+                CKVM_KVM_SET_SREGS, CKVM_KVM_GET_FPU, CKVM_KVM_SET_FPU, CKVM_KVM_GET_XSAVE, CKVM_KVM_SET_XSAVE, CKVM_KVM_GET_MSRS, CKVM_KVM_SET_MSRS,
                 CKVM_KVM_GET_LAPIC, CKVM_KVM_SET_LAPIC, CKVM_KVM_SET_MP_STATE, CKVM_KVM_SET_GUEST_DEBUG,
                 // vGPU BAR placement: the aperture slot and the PV doorbells move with the BARs.
                 CKVM_KVM_SET_USER_MEMORY_REGION, CKVM_KVM_IOEVENTFD,

@@ -38,7 +38,9 @@ enum CPUSetup {
                 e.ebx = (e.ebx & 0x0000_00ff) | (8 << 8) | (logical << 16) | (apicID << 24)
                 e.ecx |= ecxHypervisor | ecxTSCDeadline
                 if cpuCount > 1 { e.edx |= edxHTT } else { e.edx &= ~edxHTT }
-                if host.softwareKVM { e.ecx &= ~(ecxCX16 | ecxMOVBE | ecxXSAVE | ecxOSXSAVE | ecxAVX | ecxF16C | ecxFMA) }
+                // CX16 and MOVBE stay: minivisor's instruction emulator completes cmpxchg16b and movbe (KVM's own
+                // emulator raises #UD for them when the table lacks the bit, though the guest's cpuid shows MOVBE).
+                if host.softwareKVM { e.ecx &= ~(ecxXSAVE | ecxOSXSAVE | ecxAVX | ecxF16C | ecxFMA) }
             case 7 where e.index == 0:
                 if host.softwareKVM { e.ebx &= ~(leaf7EBXInvpcid | leaf7EBXNeedsXSAVE) }
             case 0xd:

@@ -88,10 +88,11 @@ public final class Machine: MachineControl, DeviceContext, @unchecked Sendable {
     let stopping = Atomic<Bool>(false)
     /// Signalled on every event the monitor waits for (stop, pause, resume).
     private let events = DispatchSemaphore(value: 0)
-    let int3Recoveries = Atomic<UInt64>(0)
     /// Guest writes to write-watched pages: those that hit a watched range and those that did not.
     let watchHits = Atomic<UInt64>(0)
     let watchedPageWrites = Atomic<UInt64>(0)
+    /// Instructions the host's KVM could not emulate that minivisor's emulator completed, per kind.
+    public let emulatedInstructions = EmulationStatistics()
     /// Halt queries sent (each is one forced exit per vCPU).
     let haltQueries = Atomic<UInt64>(0)
 
@@ -455,7 +456,7 @@ public final class Machine: MachineControl, DeviceContext, @unchecked Sendable {
     }
 
     /// How many int3 emulation failures were turned into guest #BP exceptions.
-    public var recoveredBreakpoints: UInt64 { int3Recoveries.load(ordering: .relaxed) }
+    public var recoveredBreakpoints: UInt64 { emulatedInstructions.count(.int3) }
 
     /// Exits handled per vCPU (KVM_RUN returns, kicks included), summed.
     public var exitCount: UInt64 { vcpus.reduce(0) { $0 + $1.exits.load(ordering: .relaxed) } }

@@ -329,10 +329,12 @@ extension Machine {
             case .internalError(let e):
                 if e.suberror == VMExit.InternalError.emulationFailure {
                     if let at = debuggerBreakpoint(vcpu, e) { c.debugStop(.softwareBreakpoint(at), self); continue }
-                    if recoverBreakpoint(vcpu, e) { continue }
-                    if skipFWAIT(vcpu, e) { continue }
+                    if let refusal = emulate(vcpu, e) {
+                        requestStop(.internalError(cpu: vcpu.id, detail: refusal, registers: CPUSetup.registerDump(vcpu)))
+                    }
+                    continue
                 }
-                requestStop(.internalError(cpu: vcpu.id, detail: describeFailure(vcpu, e), registers: CPUSetup.registerDump(vcpu)))
+                requestStop(.internalError(cpu: vcpu.id, detail: e.description, registers: CPUSetup.registerDump(vcpu)))
             case .systemEvent(let type):
                 switch Int32(type) {
                 case KVM_SYSTEM_EVENT_RESET: requestStop(.reboot)
@@ -404,38 +406,19 @@ extension Machine {
         return out
     }
 
-    /// kvm-pvm cannot emulate int3 in ring 0; it stops the vCPU with an emulation failure. Do what the
-    /// CPU would have done: step over the int3 and deliver #BP (vector 3) to the guest.
-    func recoverBreakpoint(_ vcpu: KVMVCPU, _ e: VMExit.InternalError) -> Bool {
-        let bytes = instructionBytes(vcpu, e)
-        guard bytes.first == 0xcc, var regs = try? vcpu.getRegisters() else { return false }
-        regs.rip &+= 1
-        do {
-            try vcpu.setRegisters(regs)
-            try vcpu.injectException(3)
-        } catch { return false }
-        int3Recoveries.add(1, ordering: .relaxed)
-        vcpuLog.log(.debug, "int3 recovery", "vCPU \(vcpu.id): int3 emulation failure at 0x\(String(regs.rip &- 1, radix: 16)) delivered as #BP")
-        return true
-    }
-
-    /// Stop-gap until the instruction emulator (issue 9) replaces it: kvm-pvm cannot emulate `fwait`
-    /// (0x9b), which Linux executes unconditionally in its FPU code when a thread exits. FWAIT only
-    /// raises a pending unmasked x87 exception; the kernel runs with none pending there, so stepping over
-    /// it (RIP + 1) is what the CPU would do.
-    func skipFWAIT(_ vcpu: KVMVCPU, _ e: VMExit.InternalError) -> Bool {
-        guard instructionBytes(vcpu, e).first == 0x9b, var regs = try? vcpu.getRegisters() else { return false }
-        regs.rip &+= 1
-        do { try vcpu.setRegisters(regs) } catch { return false }
-        vcpuLog.log(.debug, "fwait skipped", "vCPU \(vcpu.id): fwait emulation failure at 0x\(String(regs.rip &- 1, radix: 16)) stepped over")
-        return true
-    }
-
-    func describeFailure(_ vcpu: KVMVCPU, _ e: VMExit.InternalError) -> String {
-        guard e.suberror == VMExit.InternalError.emulationFailure else { return e.description }
-        let bytes = instructionBytes(vcpu, e)
-        let shown = bytes.isEmpty ? "unavailable" : bytes.map { String(format2: $0) }.joined(separator: " ")
-        return "emulation failure, instruction bytes \(shown) (this host's KVM cannot emulate this instruction in guest ring 0)"
+    /// An emulation failure (kvm-pvm cannot emulate int3, ldmxcsr, popcnt, ... in guest ring 0): minivisor's
+    /// instruction emulator does what the CPU would have. Nil when it did; else the one-line detail of
+    /// the refusal (instruction bytes and why) for the status-8 stop.
+    func emulate(_ vcpu: KVMVCPU, _ e: VMExit.InternalError) -> String? {
+        switch InstructionEmulator.handleEmulationFailure(cpu: vcpu, memory: memory, reportedBytes: e.instructionBytes,
+                                                          statistics: emulatedInstructions) {
+        case .emulated(let kind):
+            vcpuLog.log(.debug, "emulated \(kind.rawValue)", "vCPU \(vcpu.id): emulated \(kind.rawValue) (the host's KVM cannot)")
+            return nil
+        case let .refused(bytes, why):
+            let shown = bytes.isEmpty ? "unavailable" : bytes.map { String(format2: $0) }.joined(separator: " ")
+            return "emulation failure, instruction bytes \(shown): \(why)"
+        }
     }
 }
 
