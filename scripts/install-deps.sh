@@ -2,7 +2,7 @@
 # Installs the Debian packages minivisor needs to build and test, if any are missing.
 # The Swift toolchain itself is expected on PATH.
 set -euo pipefail
-packages=(libelf-dev libpng-dev libseccomp-dev pkg-config gcc make binutils gdb)   # gdb: the gdb stub test
+packages=(libelf-dev libpng-dev libseccomp-dev libopenblas0 pkg-config gcc make binutils gdb time)   # gdb: the gdb stub test; time: the RSS test
 missing=()
 for p in "${packages[@]}"; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
