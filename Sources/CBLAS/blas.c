@@ -10,6 +10,7 @@ enum { ROW_MAJOR = 101, NO_TRANS = 111 };
 typedef void (*sgemm_fn)(int order, int transa, int transb, int m, int n, int k, float alpha, const float *a, int lda,
                          const float *b, int ldb, float beta, float *c, int ldc);
 typedef void (*set_threads_fn)(int);
+typedef int (*shutdown_fn)(void);
 typedef char *(*config_fn)(void);
 
 static pthread_once_t once = PTHREAD_ONCE_INIT;
@@ -26,6 +27,12 @@ static void load(void) {
     // One thread: each engine computes on its own thread, and OpenBLAS must not start threads (or hand work
     // to the one it started when loaded) that the seccomp filters do not expect.
     set_threads(1);
+    // The pthread build starts its worker threads when it is loaded (here, on the thread creating the GPU,
+    // which has no seccomp filter yet). With one thread they would only sleep, unfiltered, for the life of
+    // the process: stop them (the call OpenBLAS itself makes before fork). Single-threaded calls do not
+    // restart them.
+    shutdown_fn shutdown = (shutdown_fn)dlsym(h, "blas_thread_shutdown_");
+    if (shutdown) shutdown();
     config = (config_fn)dlsym(h, "openblas_get_config");
     sgemm = f;
 }
