@@ -46,7 +46,8 @@ struct ResidentMemoryTests {
 }
 
 extension ResidentMemoryTests {
-    /// This process's resident KiB (VmRSS).
+    /// This process's resident KiB outside shared memory (RssAnon + RssFile): guest RAM is a memfd (RssShmem),
+    /// so VMs that other suites run meanwhile touching their RAM do not count.
     static func residentKiB() -> Int {
         let fd = open("/proc/self/status", O_RDONLY)
         guard fd >= 0 else { return 0 }
@@ -54,10 +55,12 @@ extension ResidentMemoryTests {
         var buf = [UInt8](repeating: 0, count: 8192)
         let n = buf.withUnsafeMutableBytes { read(fd, $0.baseAddress, 8192) }
         guard n > 0 else { return 0 }
-        for line in String(decoding: buf[0..<n], as: UTF8.self).split(separator: "\n") where line.hasPrefix("VmRSS:") {
-            return Int(line.split(separator: " ").dropFirst().first ?? "") ?? 0
+        var kib = 0
+        for line in String(decoding: buf[0..<n], as: UTF8.self).split(separator: "\n")
+        where line.hasPrefix("RssAnon:") || line.hasPrefix("RssFile:") {
+            kib += Int(line.split(separator: " ").dropFirst().first ?? "") ?? 0
         }
-        return 0
+        return kib
     }
 
     /// As many vGPUs as one GPU holds (7, with a 2 GiB GM and small slices), each in a VM built through the
