@@ -2,8 +2,8 @@ import Glibc
 import Minivisor
 import Testing
 
-/// What a vGPU costs in resident memory: the peak RSS (the kernel's ru_maxrss of the child) of
-/// `minivisor run --vgpu` against the same run without a vGPU. Graphics memory, the GTT, the shadow arenas
+/// What a vGPU costs in resident memory: the peak RSS (/usr/bin/time's %M) of `minivisor run --vgpu`
+/// against the same run without a vGPU, and the increments of VMs with vGPUs built through the library. Graphics memory, the GTT, the shadow arenas
 /// and scratch are mapped MAP_NORESERVE and touched on demand; when they were allocated and zeroed eagerly,
 /// one vGPU added about 19 MiB to a hello-world run.
 @Suite("Resident memory (needs /dev/kvm and /usr/bin/time)", .serialized,
