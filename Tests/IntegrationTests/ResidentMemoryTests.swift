@@ -3,9 +3,10 @@ import Minivisor
 import Testing
 
 /// What a vGPU costs in resident memory: the peak RSS (/usr/bin/time's %M) of `minivisor run --vgpu`
-/// against the same run without a vGPU, and the increments of VMs with vGPUs built through the library. Graphics memory, the GTT, the shadow arenas
-/// and scratch are mapped MAP_NORESERVE and touched on demand; when they were allocated and zeroed eagerly,
-/// one vGPU added about 19 MiB to a hello-world run.
+/// against the same run without a vGPU, and the increments of VMs with vGPUs built through the library.
+/// Graphics memory, the GTT, the shadow arenas and scratch are mapped MAP_NORESERVE and touched on demand;
+/// when they were allocated and zeroed eagerly, one vGPU added about 19 MiB to a hello-world run (16 MiB
+/// per further vGPU).
 @Suite("Resident memory (needs /dev/kvm and /usr/bin/time)", .serialized,
        .enabled(if: Support.kvmAvailable, "needs read-write /dev/kvm"),
        .enabled(if: access("/usr/bin/time", X_OK) == 0 || getenv("CI") != nil, "needs /usr/bin/time (Debian package time)"))
