@@ -2,7 +2,7 @@
 import PackageDescription
 
 // Layers, lowest first. A target only depends on targets above it in this list.
-//   CKVM, CLibelf, CSeccomp, Firmware (C)  ->  KVM  ->  Machine  ->  Minivisor  ->  MinivisorCommands  ->  MinivisorCLI
+//   CKVM, CLibelf, CSeccomp, CBLAS, Firmware (C)  ->  KVM  ->  Machine  ->  Minivisor  ->  MinivisorCommands  ->  MinivisorCLI
 //   SoftGPU (the software "physical" GPU) knows nothing of KVM, guests or the mediator.
 //   VGPU (the mediator: vGPU PCI device, GTT shadow, command scanner) sits on Machine + SoftGPU.
 // CKVMBaseline + MinivisorBench hold the benchmark (a minimal C KVM loop as the baseline).
@@ -49,8 +49,10 @@ let package = Package(
             "KVM", "CKVM", "CLibelf", "CCompression", "CSeccomp", "Firmware", "CX86",
             .product(name: "Logging", package: "swift-log"),
         ]),
+        // OpenBLAS (Debian's libopenblas0, loaded at run time) for SoftGPU's SGEMM.
+        .target(name: "CBLAS"),
         // The software "physical" GPU: GM + GTT, engines, command set, display. No KVM knowledge.
-        .target(name: "SoftGPU"),
+        .target(name: "SoftGPU", dependencies: ["CBLAS"]),
         // The mediator: the vGPU PCI device the guest sees, in front of the shared SoftGPU.
         .target(name: "VGPU", dependencies: [
             "Machine", "KVM", "SoftGPU", "CLibpng",

@@ -2,8 +2,10 @@
 # Installs the Debian packages minivisor needs to build and test, if any are missing.
 # The Swift toolchain itself is expected on PATH.
 set -euo pipefail
-packages=(libelf-dev liblzma-dev zlib1g-dev libzstd-dev libpng-dev libseccomp-dev libvncserver-dev libzydis-dev pkg-config gcc make binutils gdb
-          vncsnapshot libjpeg-turbo-progs acpica-tools)   # gdb: the gdb stub test; vncsnapshot, djpeg: the VNC test; acpica-tools: iasl and acpiexec check the ACPI tables; libzydis-dev: the instruction emulator's decoder
+packages=(libelf-dev liblzma-dev zlib1g-dev libzstd-dev libpng-dev libseccomp-dev libvncserver-dev libzydis-dev libopenblas0
+          pkg-config gcc make binutils gdb time vncsnapshot libjpeg-turbo-progs acpica-tools)
+# gdb: the gdb stub test; time: the RSS test; vncsnapshot, djpeg: the VNC test; acpica-tools: iasl and acpiexec
+# check the ACPI tables; libzydis-dev: the instruction emulator's decoder; libopenblas0: SGEMM
 missing=()
 for p in "${packages[@]}"; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

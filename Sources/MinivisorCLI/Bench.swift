@@ -41,6 +41,10 @@ struct BenchRunner {
         let sc = try ScannerBenchmark.run()
         print("  scanned \(fixed(sc.megabytes, 1)) MB (\(sc.commands) commands): \(fixed(sc.scanMBps, 0)) MB/s; plain copy of the same bytes \(fixed(sc.copyMBps, 0)) MB/s")
         print("    scan/copy \(sc.ratio.text(3))")
+        let k = SGEMMKernelBenchmark.run()
+        print("SGEMM kernel \(k.n)^3 on host memory, one thread, same run: hand-written SIMD \(fixed(k.simdGFLOPS, 1)) GFLOPS; "
+              + (k.blasGFLOPS.map { "OpenBLAS \(fixed($0, 1)) GFLOPS" } ?? "OpenBLAS \(Kernels.blasDescription)"))
+        if let s = k.speedup { print("    OpenBLAS/SIMD \(s.text(2)) (\(Kernels.blasDescription))") }
 
         try vgpuBenchmarks()
 

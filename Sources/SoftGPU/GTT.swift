@@ -92,18 +92,20 @@ public final class GTT: @unchecked Sendable {
         self.apertureSize = apertureSize
         self.systemMemory = systemMemory
         pageCount = Int(gmSize / Self.pageSize)
-        // Anonymous zero pages, touched only where entries are written: a 4 GiB GM has a million entries
-        // (8 MiB), of which a few VMs use a small part. An all-zero Atomic<UInt64> is the invalid entry 0.
-        let bytes = pageCount * MemoryLayout<Atomic<UInt64>>.stride
-        guard let p = mmap(nil, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0),
-              p != MAP_FAILED else {
-            fatalError("cannot reserve \(bytes) bytes of address space for the GTT")
+        // An anonymous MAP_NORESERVE mapping reads as zeros (every entry invalid, an Atomic(0) has no other
+        // state) and becomes resident page by page as entries are written: 1 GiB of GM has 2 MiB of
+        // entries, of which a vGPU's slices use a few pages.
+        guard let m = mmap(nil, Self.tableBytes(pageCount), PROT_READ | PROT_WRITE,
+                           MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0), m != MAP_FAILED else {
+            fatalError("SoftGPU: cannot map \(Self.tableBytes(pageCount)) bytes of GTT entries (errno \(errno)); lower the GM size")
         }
-        entries = p.bindMemory(to: Atomic<UInt64>.self, capacity: pageCount)
+        entries = m.bindMemory(to: Atomic<UInt64>.self, capacity: pageCount)
     }
 
+    private static func tableBytes(_ pageCount: Int) -> Int { pageCount * MemoryLayout<Atomic<UInt64>>.stride }
+
     deinit {
-        munmap(UnsafeMutableRawPointer(entries), pageCount * MemoryLayout<Atomic<UInt64>>.stride)
+        munmap(entries, Self.tableBytes(pageCount))
     }
 
     /// GM range of the aperture (CPU-mappable) part.

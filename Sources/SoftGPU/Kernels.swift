@@ -1,3 +1,4 @@
+import CBLAS
 import Glibc
 
 /// The arithmetic of the compute commands on host pointers ("the hardware's ALUs"). Public so that
@@ -44,11 +45,53 @@ public enum Kernels {
     static let mr = 4
     static let nr = 16
 
+    /// Whether SGEMM runs on OpenBLAS: loads it (once; false when the host lacks libopenblas.so.0, and then
+    /// `sgemm` is `sgemmSIMD`). SoftGPU asks when it is created, before any engine thread starts.
+    public static var blasLoaded: Bool { blasReady }
+    private static let blasReady = mv_blas_load() == 0
+    /// OpenBLAS's configuration (version and the core it chose), or why it is not loaded.
+    public static var blasDescription: String {
+        blasReady ? String(cString: mv_blas_config()) : "not loaded: " + String(cString: mv_blas_error())
+    }
+
+    /// Multiply-adds per SGEMM row block (the default of `sgemm`'s `blockWork`): `shouldAbort` is polled
+    /// between blocks of max(1, blockWork / (n * k)) rows, about 0.3 ms of OpenBLAS on the development host.
+    public static let blockWork = 1 << 24
+
     /// Row-major C[m x n] = alpha * A[m x k] * B[k x n] + beta * C. Leading dimensions are in elements.
-    /// beta == 0 overwrites C without reading it (BLAS semantics). `shouldAbort` is polled between
-    /// blocks of rows; returns false when it aborted (C partly updated).
+    /// beta == 0 overwrites C without reading it, and alpha == 0 or k == 0 reads neither A nor B (C is only
+    /// scaled by beta), as `sgemmSIMD`. Runs on OpenBLAS (one cblas_sgemm per row block) when it is loaded
+    /// and every dimension fits its 32-bit integers, else `sgemmSIMD`. `shouldAbort` is polled between row
+    /// blocks; returns false when it aborted (the blocks before it are done, the rest of C is untouched).
     @discardableResult
     public static func sgemm(m: Int, n: Int, k: Int, alpha: Float,
+                             a: UnsafePointer<Float>, lda: Int,
+                             b: UnsafePointer<Float>, ldb: Int,
+                             beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int,
+                             blockWork: Int = Kernels.blockWork,
+                             shouldAbort: () -> Bool = { false }) -> Bool {
+        guard m > 0 && n > 0 else { return true }
+        let int32 = Int(Int32.max)
+        guard blasReady, k > 0, alpha != 0, m <= int32, n <= int32, k <= int32, lda <= int32, ldb <= int32, ldc <= int32 else {
+            return sgemmSIMD(m: m, n: n, k: k, alpha: alpha, a: a, lda: lda, b: b, ldb: ldb, beta: beta, c: c, ldc: ldc,
+                             shouldAbort: shouldAbort)
+        }
+        let rows = max(1, blockWork / max(n * k, 1))
+        var i = 0
+        while i < m {
+            if shouldAbort() { return false }
+            let r = min(rows, m - i)
+            mv_blas_sgemm(Int32(r), Int32(n), Int32(k), alpha, a + i * lda, Int32(lda), b, Int32(ldb),
+                          beta, c + i * ldc, Int32(ldc))
+            i += r
+        }
+        return true
+    }
+
+    /// The hand-written SIMD SGEMM (the reference `sgemm` is tested against, and its fallback). Same
+    /// contract, but polls `shouldAbort` every 64 rows of the beta pass and every 16 rows of each block.
+    @discardableResult
+    public static func sgemmSIMD(m: Int, n: Int, k: Int, alpha: Float,
                              a: UnsafePointer<Float>, lda: Int,
                              b: UnsafePointer<Float>, ldb: Int,
                              beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int,

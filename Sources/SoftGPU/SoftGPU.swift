@@ -44,6 +44,9 @@ public final class SoftGPU: @unchecked Sendable {
     private let unclaimed = Atomic<UInt64>(0)
 
     public init(config: GPUConfig = GPUConfig()) {
+        // OpenBLAS is loaded here, on the creating thread, before the engine threads (and their seccomp
+        // filters) exist: loading opens files. A process without a GPU never maps it.
+        _ = Kernels.blasLoaded
         self.config = config
         systemMemory = SystemMemory()
         gtt = GTT(gmSize: config.gmSize, apertureSize: config.apertureSize, systemMemory: systemMemory)

@@ -93,7 +93,7 @@ public final class SystemMemory: @unchecked Sendable {
     deinit {
         Glibc.free(scratch)
         state.withLock { s in
-            for r in s.regions where s.owned.contains(r.base) { Glibc.free(r.pointer) }
+            for r in s.regions where s.owned.contains(r.base) { munmap(r.pointer, Int(r.length)) }
         }
     }
 
@@ -144,25 +144,27 @@ public final class SystemMemory: @unchecked Sendable {
     }
 
     /// Allocates zeroed, page-aligned host memory (rounded up to pages) and registers it at a fresh bus
-    /// address in `hostWindow`. Release it with `free(busAddress:)`.
+    /// address in `hostWindow`. Release it with `free(busAddress:)`. The memory is an anonymous
+    /// MAP_NORESERVE mapping: a page becomes resident when it is first touched, not here (a vGPU's 16 MiB
+    /// shadow arena costs what its rings and batches use).
     public func allocate(bytes: UInt64, name: String) throws(SystemMemoryError) -> Region {
         let length = (max(bytes, 1) + Self.pageSize - 1) & ~(Self.pageSize - 1)
-        var p: UnsafeMutableRawPointer?
-        guard length < (1 << 40), posix_memalign(&p, 4096, Int(length)) == 0, let ptr = p else {
+        guard length < (1 << 40),
+              let p = mmap(nil, Int(length), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0),
+              p != MAP_FAILED else {
             throw .allocationFailed(bytes: bytes)
         }
-        memset(ptr, 0, Int(length))
         let region: Region? = state.withLock { s in
             let base = s.nextHostBus
             guard base + length <= Self.hostWindow.upperBound else { return nil }
             s.nextHostBus = base + length + Self.pageSize   // a guard page of bus space between allocations
-            let r = Region(base: base, length: length, pointer: ptr, name: "host:" + name)
+            let r = Region(base: base, length: length, pointer: p, name: "host:" + name)
             let i = s.regions.firstIndex { $0.base > base } ?? s.regions.count
             s.regions.insert(r, at: i)
             s.owned.insert(base)
             return r
         }
-        guard let r = region else { Glibc.free(ptr); throw .allocationFailed(bytes: bytes) }
+        guard let r = region else { munmap(p, Int(length)); throw .allocationFailed(bytes: bytes) }
         return r
     }
 
@@ -175,7 +177,7 @@ public final class SystemMemory: @unchecked Sendable {
             return s.regions.remove(at: i)
         }
         guard let r else { return false }
-        Glibc.free(r.pointer)
+        munmap(r.pointer, Int(r.length))
         return true
     }
 }

@@ -181,7 +181,14 @@ private func close(_ a: Float, _ b: Float, tol: Float) -> Bool { abs(a - b) <= t
         #expect(rig.floats(y, n).last == 2)
     }
 
-    @Test func sgemmStopsBetweenRowBlocks() {
+    /// Both kernels stop between row blocks: the SIMD kernel's blocks are 16 rows; OpenBLAS's are
+    /// blockWork / (n * k) rows, here 16 too.
+    @Test(arguments: [false, true])
+    func sgemmStopsBetweenRowBlocks(blas: Bool) {
+        guard !blas || Kernels.blasLoaded else {
+            print("skipped: OpenBLAS is not loaded (\(Kernels.blasDescription))")
+            return
+        }
         let m = 64, n = 16, k = 8
         let a = [Float](repeating: 1, count: m * k), b = [Float](repeating: 1, count: k * n)
         var c = [Float](repeating: 0, count: m * n)
@@ -189,8 +196,11 @@ private func close(_ a: Float, _ b: Float, tol: Float) -> Bool { abs(a - b) <= t
         let done = a.withUnsafeBufferPointer { ap in
             b.withUnsafeBufferPointer { bp in
                 c.withUnsafeMutableBufferPointer { cp in
-                    Kernels.sgemm(m: m, n: n, k: k, alpha: 1, a: ap.baseAddress!, lda: k, b: bp.baseAddress!, ldb: n,
-                                  beta: 1, c: cp.baseAddress!, ldc: n) { polls += 1; return polls == 2 }
+                    blas
+                        ? Kernels.sgemm(m: m, n: n, k: k, alpha: 1, a: ap.baseAddress!, lda: k, b: bp.baseAddress!, ldb: n,
+                                        beta: 1, c: cp.baseAddress!, ldc: n, blockWork: 16 * n * k) { polls += 1; return polls == 2 }
+                        : Kernels.sgemmSIMD(m: m, n: n, k: k, alpha: 1, a: ap.baseAddress!, lda: k, b: bp.baseAddress!, ldb: n,
+                                            beta: 1, c: cp.baseAddress!, ldc: n) { polls += 1; return polls == 2 }
                 }
             }
         }

@@ -33,7 +33,7 @@ private struct Rng {
             var len: Int
             switch info.length {
             case .fixed(let n): len = n
-            case .field(let valid, _): len = (3...20).filter(valid).first ?? 4
+            case .field: len = (3...20).first { info.length.accepts(dwords: $0) } ?? 4
             }
             if info.kind == .loadRegisterImm { len = 1 + 2 * (1 + rng.below(4)) }
             var c = (0..<len).map { _ in rng.pick(smalls) }

@@ -90,6 +90,51 @@ private func execute(_ rig: Rig, _ engine: EngineID, _ cmd: [UInt32], inBatch: B
         }
     }
 
+    /// The compiled table (`descriptors`, what a scanner decodes with) says for every header what the
+    /// entries say: every client and opcode, every length field, flag bits set and clear; and each row's
+    /// address operands are the entry's.
+    @Test func compiledTableMatchesEntries() {
+        #expect(CommandTable.descriptors.count == CommandTable.slotCount)
+        var checked = 0
+        for client in UInt32(0)..<8 {
+            for opcode in UInt32(0)..<0x2000 {
+                let base: UInt32
+                switch client {
+                case CommandClient.mi.rawValue: guard opcode < 0x40 else { continue }; base = (client << 29) | (opcode << 23)
+                case CommandClient.blitter.rawValue: guard opcode < 0x80 else { continue }; base = (client << 29) | (opcode << 22)
+                case CommandClient.compute.rawValue: base = (client << 29) | (opcode << 16)
+                default: guard opcode == 0 else { continue }; base = client << 29
+                }
+                // Bits below the opcode that are not the length field: command flags.
+                let flagBits: UInt32 = client == 0 ? 0x007F_FF00 : client == 2 ? 0x003F_FF00 : 0x0000_FF00
+                // Every length field and flag combination for known opcodes, a few fields for the others.
+                let known = CommandTable.decode(base) != nil
+                for field: UInt32 in known ? Array(0...0xFF) : [0, 1, 2, 0x7F, 0xFF] {
+                    for flags: UInt32 in known ? [0, 0x0000_FF00, CommandHeader.batchSecondLevel, CommandHeader.flipPlaneMask] : [0] {
+                        let h = base | field | (flags & flagBits)
+                        let info = CommandTable.decode(h)
+                        let d = CommandTable.descriptors[CommandTable.slot(h)]
+                        checked += 1
+                        guard let info, let d else {
+                            if (info == nil) != (d == nil) { Issue.record("header 0x\(String(h, radix: 16)): decode and descriptors disagree") }
+                            continue
+                        }
+                        if d.kind != info.kind || CommandTable.entries[d.entry] !== info || d.engines != info.engines
+                            || d.length(h) != info.length.length(h) || d.operands != info.operands || d.registers != info.registers {
+                            Issue.record("header 0x\(String(h, radix: 16)): descriptor differs from \(info.name)")
+                        }
+                        let ops = CommandTable.compiledAddresses[d.firstAddress ..< d.firstAddress + d.addressCount]
+                        if ops.map(\.dword) != info.addresses.map(\.dword) || ops.map(\.extent) != info.addresses.map(\.extentRule)
+                            || ops.map({ $0.alignmentMask + 1 }) != info.addresses.map(\.alignment) {
+                            Issue.record("\(info.name): compiled address operands differ")
+                        }
+                    }
+                }
+            }
+        }
+        #expect(checked > 40_000)
+    }
+
     /// Every table entry against the executor: the length the table gives is what the executor consumes,
     /// every memory access the executor makes lies inside an operand range the table declares (with a
     /// compatible direction), the executor really treats each declared address dword as an address
@@ -189,8 +234,8 @@ private func execute(_ rig: Rig, _ engine: EngineID, _ cmd: [UInt32], inBatch: B
             }
 
             // Length field: an invalid value is refused.
-            if case .field(let valid, _) = info.length {
-                let badLen = (2...300).first { !valid($0) }!
+            if case .field = info.length {
+                let badLen = (2...300).first { !info.length.accepts(dwords: $0) }!
                 var bad = cmd
                 bad[0] = (bad[0] & ~CommandHeader.lengthMask) | UInt32(badLen - 2)
                 let engine = info.engines.contains(.rcs) ? EngineID.rcs : .bcs

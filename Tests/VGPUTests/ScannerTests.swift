@@ -483,6 +483,20 @@ fileprivate extension CommandScannerTests {
         #expect(ok.run(scanner: s).accepted != nil)
     }
 
+    /// A scan remembers command-load decisions per register: a refused register that shares a memo slot
+    /// with an allowed one loaded earlier (and the reverse) is still decided by its own offset.
+    @Test func commandLoadDecisionsAreRememberedPerRegister() throws {
+        let allowed = Reg.gpr(.rcs, dword: 0), refused = Reg.gpr(.rcs, dword: 16)   // 0x40 apart: same memo slot
+        let s = makeScanner(policy: { $0 != refused })
+        for order in [[allowed, allowed, refused], [refused, allowed]] {
+            let sub = Submission(ring: cmds { b in for r in order { b.loadRegisterImm([(r, 1)]) } })
+            let e = try #require(sub.run(scanner: s).rejection, "\(order)")
+            #expect(e.reason == .registerNotAllowed && e.operand == UInt64(refused), "\(order): \(e)")
+        }
+        let ok = Submission(ring: cmds { $0.loadRegisterImm([(allowed, 1)]); $0.loadRegisterImm([(allowed, 2), (Reg.gpr(.rcs, dword: 1), 3)]) })
+        #expect(ok.run(scanner: s).accepted != nil)
+    }
+
     @Test func shortReadIsUnreadable() throws {
         let sub = Submission(ring: cmds { $0.batchBufferStart(gm: L.a, length: 64) })
         let gm = GuestGM()

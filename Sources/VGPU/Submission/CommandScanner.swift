@@ -250,9 +250,10 @@ public struct CommandScanner: Sendable {
     let registerRead: @Sendable (UInt32) -> UInt32
 
     /// - Parameters:
-    ///   - commandLoadAllowed: the vGPU's command-load policy (docs/vgpu.md section 5). A register must
-    ///     also be in SoftGPU's hardware whitelist (`RegisterMap.isCommandWritable`), or the executor
-    ///     would fail on it; the scanner requires both.
+    ///   - commandLoadAllowed: the vGPU's command-load policy (docs/vgpu.md section 5), a fixed function of
+    ///     the offset (a scan asks once per register and remembers the answer). A register must also be in
+    ///     SoftGPU's hardware whitelist (`RegisterMap.isCommandWritable`), or the executor would fail on
+    ///     it; the scanner requires both.
     ///   - registerRead: virtual register values (PRI_SIZE for flip extents). Display registers loaded by
     ///     an earlier LOAD_REGISTER_IMM of the same submission (when the policy allows that) take
     ///     precedence, because scan order is execution order.
@@ -307,6 +308,9 @@ private struct ScanRun {
     let maxCommands: Int
     let maxBatchBytes: UInt64
     let maxTotalBatchBytes: UInt64
+    let engineBit: EngineSet
+    let slices: GMSlices
+    let noopHeader = CommandTable.info(.noop).header
 
     var copies: [[UInt32]] = []
     var levels: [Int] = []
@@ -320,6 +324,10 @@ private struct ScanRun {
     /// Registers the table's operand rules may read: the display block ("register values, for
     /// DISPLAY_FLIP only", `AddressOperand.extent`). Only these are tracked through loads.
     static var operandRegisters: Range<UInt32> { 0x70000..<0x71000 }
+    /// Command-load decisions made in this submission, `offset << 1 | allowed` (UInt64.max: none),
+    /// direct-mapped by offset: drivers load the same few registers over and over, and each decision costs
+    /// two table lookups and a call of the policy.
+    var loadDecisions = InlineArray<16, UInt64>(repeating: .max)
 
     init(scanner: CommandScanner, engine: EngineID, ringStart: UInt64, ringBytes: UInt32, head: UInt32) {
         self.scanner = scanner
@@ -334,6 +342,8 @@ private struct ScanRun {
         maxCommands = max(l.maxCommands, 0)
         maxBatchBytes = min(UInt64(max(l.maxBatchBytes, 0)), CommandTable.maxBatchBytes)
         maxTotalBatchBytes = UInt64(max(l.maxTotalBatchBytes, 0))
+        engineBit = EngineSet(engine)
+        slices = scanner.slices
     }
 
     func result() -> ScannedSubmission {
@@ -404,153 +414,222 @@ private struct ScanRun {
 
     // MARK: commands
 
+    /// Where straight-line scanning of a buffer stopped.
+    enum Stop {
+        /// The buffer ends before the next command.
+        case end
+        /// A BATCH_BUFFER_START or BATCH_BUFFER_END of `length` dwords at dword `pos` passed every
+        /// per-command check; the caller applies it.
+        case control(pos: Int, length: Int, kind: CommandKind)
+    }
+
     mutating func scanAll(read: GMReader) throws(ScanRejection) {
+        // The compiled table (plain values) through two buffer pointers, fetched once per submission.
+        try CommandTable.descriptors.withUnsafeBufferPointer { table throws(ScanRejection) in
+            try CommandTable.compiledAddresses.withUnsafeBufferPointer { addresses throws(ScanRejection) in
+                try scanAll(read: read, table: table, addresses: addresses)
+            }
+        }
+    }
+
+    private mutating func scanAll(read: GMReader, table: UnsafeBufferPointer<CommandDescriptor?>,
+                                  addresses: UnsafeBufferPointer<CommandDescriptor.Address>) throws(ScanRejection) {
         var stack = [Frame(buffer: 0, pos: 0, level: 0)]
-        var cmd: [UInt32] = []          // the current command, reused: no allocation per command
-        cmd.reserveCapacity(256)
         while let f = stack.last {
             let top = stack.count - 1
-            let b = f.buffer, pos = f.pos, level = f.level
-            let count = copies[b].count
-            guard pos < count else {
+            let b = f.buffer, level = f.level
+            bufferStart = b == 0 ? ringStart : sources[b]
+
+            // Straight-line commands in place, up to the next control-flow command or the buffer's end. The
+            // copy is moved out of `copies` meanwhile, so that it stays uniquely referenced: turning a
+            // DISPLAY_FLIP into NOOPs writes it without copying it.
+            var words = copies[b]
+            copies[b] = []
+            let stop = Result { () throws(ScanRejection) -> Stop in
+                try words.withUnsafeMutableBufferPointer { p throws(ScanRejection) in
+                    try scanStraight(p, from: f.pos, buffer: b, level: level, table: table, addresses: addresses)
+                }
+            }
+            copies[b] = words
+
+            guard case .control(let pos, let len, let kind) = try stop.get() else {
+                let count = words.count
                 if level == 0 { stack.removeLast(); continue }    // reached TAIL
                 throw reject(.pastEnd, gm(b, count), level: level, operand: UInt64(count) * 4,
                              "level-\(level) batch at 0x\(hex(sources[b])) ends without BATCH_BUFFER_END")
             }
             let at = gm(b, pos)
-            let h = copies[b][pos]
-            bufferStart = b == 0 ? ringStart : sources[b]
-
-            commands += 1
-            guard commands <= maxCommands else {
-                throw reject(.stepBudget, at, level: level, header: h, operand: UInt64(maxCommands),
-                             "more than \(maxCommands) commands in one submission")
-            }
-            guard let info = CommandTable.decode(h) else {
-                throw reject(.unknownCommand, at, level: level, header: h, "unknown command header 0x\(hex(UInt64(h)))")
-            }
-            guard info.engines.contains(engine) else {
-                throw reject(.notAllowedOnEngine, at, level: level, header: h, "\(info.name) is not accepted by \(engine)")
-            }
-            guard let len = info.length.length(h) else {
-                throw reject(.invalidLength, at, level: level, header: h,
-                             operand: UInt64(h & CommandHeader.lengthMask) + UInt64(CommandHeader.lengthBias),
-                             "\(info.name) length field \(h & CommandHeader.lengthMask) (\(info.length.summary))")
-            }
-            guard len <= count - pos else {
-                throw reject(.pastEnd, at, level: level, header: h, operand: UInt64(len) * 4,
-                             "\(info.name) needs \(len) dwords, \(count - pos) left before the \(level == 0 ? "tail" : "batch end")")
-            }
-            cmd.removeAll(keepingCapacity: true)
-            cmd.append(contentsOf: copies[b][pos..<(pos + len)])
-            try checkOperands(info, cmd, at: at, level: level)
-
-            switch info.kind {
-            case .batchBufferEnd:
+            let h = words[pos]
+            if kind == .batchBufferEnd {
                 guard level > 0 else {
                     throw reject(.invalidOperand, at, level: 0, header: h, "BATCH_BUFFER_END in the ring")
                 }
                 stack.removeLast()    // return to the caller (ring or first-level batch)
+                continue
+            }
 
-            case .batchBufferStart:
-                let target = info.addresses[0].address(in: cmd)
-                let length = UInt64(cmd[3])
-                let second = h & CommandHeader.batchSecondLevel != 0
-                if level == 0 && second {
-                    throw reject(.invalidOperand, at, level: 0, header: h, operand: target,
-                                 "second-level BATCH_BUFFER_START from the ring")
-                }
-                let newLevel = level == 0 ? 1 : (second ? level + 1 : level)
-                guard level < CommandScanner.hardwareBatchLevels, newLevel <= maxLevel else {
-                    throw reject(.nestingTooDeep, at, level: level, header: h, operand: target,
-                                 "BATCH_BUFFER_START in a level-\(level) batch (at most \(maxLevel) levels)")
-                }
-                guard copies.count - 1 < maxBatches else {
-                    throw reject(.tooManyBatches, at, level: level, header: h, operand: target,
-                                 "more than \(maxBatches) batches in one submission")
-                }
-                guard length <= maxTotalBatchBytes, batchBytes <= maxTotalBatchBytes - length else {
-                    throw reject(.tooManyBatches, at, level: level, header: h, operand: target,
-                                 "batches of one submission exceed \(maxTotalBatchBytes) bytes")
-                }
-                let n = Int(length / 4)    // <= 4 Mi dwords (checked in checkOperands)
-                guard let copy = read(target, n), copy.count == n else {
-                    throw reject(.unreadable, at, level: level, header: h, operand: target,
-                                 "batch at 0x\(hex(target)) (\(length) bytes) is not readable")
-                }
-                batchBytes += length
-                let index = copies.count
-                copies.append(copy)
-                levels.append(newLevel)
-                sources.append(target)
-                relocations.append([])
-                relocations[b].append(Relocation(dword: pos + 1, target: index))
-                let next = Frame(buffer: index, pos: 0, level: newLevel)
-                if level > 0 && !second {
-                    stack[top] = next                // chain: replaces the current batch
-                } else {
-                    stack[top].pos = pos + len       // call (from the ring or a first-level batch)
-                    stack.append(next)
-                }
-
-            case .displayFlip:
-                flips.append(Flip(plane: (h & CommandHeader.flipPlaneMask) >> CommandHeader.flipPlaneShift,
-                                  surface: info.addresses[0].address(in: cmd), stride: cmd[1]))
-                let noop = CommandTable.info(.noop).header
-                for i in pos..<(pos + len) { copies[b][i] = noop }
-                stack[top].pos = pos + len
-
-            default:
-                if info.kind == .loadRegisterImm {
-                    for i in info.registerOperands(cmd) where i + 1 < cmd.count && ScanRun.operandRegisters.contains(cmd[i]) {
-                        loaded[cmd[i]] = cmd[i + 1]
-                    }
-                }
-                stack[top].pos = pos + len
+            // BATCH_BUFFER_START (operands checked by scanStraight)
+            let target = UInt64(words[pos + 1]) | (UInt64(words[pos + 2]) << 32)
+            let length = UInt64(words[pos + 3])
+            let second = h & CommandHeader.batchSecondLevel != 0
+            if level == 0 && second {
+                throw reject(.invalidOperand, at, level: 0, header: h, operand: target,
+                             "second-level BATCH_BUFFER_START from the ring")
+            }
+            let newLevel = level == 0 ? 1 : (second ? level + 1 : level)
+            guard level < CommandScanner.hardwareBatchLevels, newLevel <= maxLevel else {
+                throw reject(.nestingTooDeep, at, level: level, header: h, operand: target,
+                             "BATCH_BUFFER_START in a level-\(level) batch (at most \(maxLevel) levels)")
+            }
+            guard copies.count - 1 < maxBatches else {
+                throw reject(.tooManyBatches, at, level: level, header: h, operand: target,
+                             "more than \(maxBatches) batches in one submission")
+            }
+            guard length <= maxTotalBatchBytes, batchBytes <= maxTotalBatchBytes - length else {
+                throw reject(.tooManyBatches, at, level: level, header: h, operand: target,
+                             "batches of one submission exceed \(maxTotalBatchBytes) bytes")
+            }
+            let n = Int(length / 4)    // <= 4 Mi dwords (checked in checkOperands)
+            guard let copy = read(target, n), copy.count == n else {
+                throw reject(.unreadable, at, level: level, header: h, operand: target,
+                             "batch at 0x\(hex(target)) (\(length) bytes) is not readable")
+            }
+            batchBytes += length
+            let index = copies.count
+            copies.append(copy)
+            levels.append(newLevel)
+            sources.append(target)
+            relocations.append([])
+            relocations[b].append(Relocation(dword: pos + 1, target: index))
+            let next = Frame(buffer: index, pos: 0, level: newLevel)
+            if level > 0 && !second {
+                stack[top] = next                // chain: replaces the current batch
+            } else {
+                stack[top].pos = pos + len       // call (from the ring or a first-level batch)
+                stack.append(next)
             }
         }
     }
 
+    /// Scans buffer `b`'s commands from dword `start` (the copy, as `p`) until a control-flow command or the
+    /// buffer's end, applying every per-command check in the documented order. The hot loop: plain table
+    /// rows, no allocation, no reference counting, no closure calls but for LOAD_REGISTER_IMM's policy.
+    private mutating func scanStraight(_ p: UnsafeMutableBufferPointer<UInt32>, from start: Int, buffer b: Int, level: Int,
+                                       table: UnsafeBufferPointer<CommandDescriptor?>,
+                                       addresses: UnsafeBufferPointer<CommandDescriptor.Address>) throws(ScanRejection) -> Stop {
+        let count = p.count
+        var pos = start
+        while pos < count {
+            let h = p[pos]
+            commands += 1
+            guard commands <= maxCommands else {
+                throw reject(.stepBudget, gm(b, pos), level: level, header: h, operand: UInt64(maxCommands),
+                             "more than \(maxCommands) commands in one submission")
+            }
+            guard let d = table[CommandTable.slot(h)] else {
+                throw reject(.unknownCommand, gm(b, pos), level: level, header: h, "unknown command header 0x\(hex(UInt64(h)))")
+            }
+            guard d.engines.contains(engineBit) else {
+                throw reject(.notAllowedOnEngine, gm(b, pos), level: level, header: h,
+                             "\(Self.name(d)) is not accepted by \(engine)")
+            }
+            guard let len = d.length(h) else {
+                let info = CommandTable.entries[d.entry]
+                throw reject(.invalidLength, gm(b, pos), level: level, header: h,
+                             operand: UInt64(h & CommandHeader.lengthMask) + UInt64(CommandHeader.lengthBias),
+                             "\(info.name) length field \(h & CommandHeader.lengthMask) (\(info.length.summary))")
+            }
+            guard len <= count - pos else {
+                throw reject(.pastEnd, gm(b, pos), level: level, header: h, operand: UInt64(len) * 4,
+                             "\(Self.name(d)) needs \(len) dwords, \(count - pos) left before the \(level == 0 ? "tail" : "batch end")")
+            }
+            let cmd = UnsafeBufferPointer(rebasing: p[pos ..< pos + len])
+            try checkOperands(d, cmd, buffer: b, pos: pos, level: level, addresses: addresses)
+
+            switch d.kind {
+            case .batchBufferEnd, .batchBufferStart:
+                return .control(pos: pos, length: len, kind: d.kind)
+            case .displayFlip:
+                flips.append(Flip(plane: (h & CommandHeader.flipPlaneMask) >> CommandHeader.flipPlaneShift,
+                                  surface: UInt64(cmd[2]) | (UInt64(cmd[3]) << 32), stride: cmd[1]))
+                for i in pos ..< pos + len { p[i] = noopHeader }
+            case .loadRegisterImm:
+                var i = 1
+                while i + 1 < len {
+                    if ScanRun.operandRegisters.contains(cmd[i]) { loaded[cmd[i]] = cmd[i + 1] }
+                    i += 2
+                }
+            default:
+                break
+            }
+            pos += len
+        }
+        return .end
+    }
+
+    /// Whether a LOAD_REGISTER_IMM may write `r`: SoftGPU's hardware whitelist and the vGPU's policy.
+    mutating func mayLoad(_ r: UInt32) -> Bool {
+        let slot = Int((r >> 2) & 15)
+        let known = loadDecisions[slot]
+        if known != .max && UInt32(truncatingIfNeeded: known >> 1) == r { return known & 1 != 0 }
+        let ok = RegisterMap.isCommandWritable(r) && scanner.commandLoadAllowed(r)
+        loadDecisions[slot] = UInt64(r) << 1 | (ok ? 1 : 0)
+        return ok
+    }
+
+    static func name(_ d: CommandDescriptor) -> String { CommandTable.entries[d.entry].name }
+
     /// Table-driven checks of one command: operand constraints, address alignment and slices, registers.
-    func checkOperands(_ info: CommandInfo, _ cmd: [UInt32], at: UInt64, level: Int) throws(ScanRejection) {
+    @inline(__always)
+    private mutating func checkOperands(_ d: CommandDescriptor, _ cmd: UnsafeBufferPointer<UInt32>, buffer b: Int, pos: Int, level: Int,
+                               addresses: UnsafeBufferPointer<CommandDescriptor.Address>) throws(ScanRejection) {
         let h = cmd[0]
-        // Register values for operand rules: loaded earlier in this submission, else the vGPU's. Built as a
-        // non-escaping local function so no closure context is allocated per command.
+        // Register values for operand rules (DISPLAY_FLIP's only): loaded earlier in this submission, else
+        // the vGPU's. A non-escaping local function of the mutating method: it captures `self` by reference
+        // (a non-mutating one would copy the whole run, retaining its arrays, per command).
         func reg(_ r: UInt32) -> UInt32 { loaded.isEmpty ? scanner.registerRead(r) : (loaded[r] ?? scanner.registerRead(r)) }
 
-        if let why = info.validate(cmd, reg) {
-            throw reject(.invalidOperand, at, level: level, header: h, operand: invalidOperandValue(info, cmd),
-                         "\(info.name): \(why)")
+        if case .none = d.operands {
+        } else if let why = d.operands.violation(in: cmd, register: reg) {
+            throw reject(.invalidOperand, gm(b, pos), level: level, header: h, operand: invalidOperandValue(d.kind, cmd),
+                         "\(Self.name(d)): \(why)")
         }
-        if info.kind == .batchBufferStart && UInt64(cmd[3]) > maxBatchBytes {
-            throw reject(.invalidOperand, at, level: level, header: h, operand: UInt64(cmd[3]),
+        if d.kind == .batchBufferStart && UInt64(cmd[3]) > maxBatchBytes {
+            throw reject(.invalidOperand, gm(b, pos), level: level, header: h, operand: UInt64(cmd[3]),
                          "batch length \(cmd[3]) exceeds the limit of \(maxBatchBytes) bytes")
         }
-        for op in info.addresses {
-            let extent = op.extent(cmd, reg)
+        for k in d.firstAddress ..< d.firstAddress + d.addressCount {
+            let op = addresses[k]
+            let extent = op.extent.bytes(in: cmd, register: reg)
             guard extent > 0 else { continue }
-            let a = op.address(in: cmd)
-            guard a % op.alignment == 0 else {
-                throw reject(.invalidOperand, at, level: level, header: h, operand: a,
-                             "\(info.name) \(op.name) address 0x\(hex(a)) is not \(op.alignment)-byte aligned")
+            let a = UInt64(cmd[op.dword]) | (UInt64(cmd[op.dword + 1]) << 32)
+            guard a & op.alignmentMask == 0 else {
+                let name = CommandTable.entries[d.entry].addresses[k - d.firstAddress].name
+                throw reject(.invalidOperand, gm(b, pos), level: level, header: h, operand: a,
+                             "\(Self.name(d)) \(name) address 0x\(hex(a)) is not \(op.alignmentMask + 1)-byte aligned")
             }
-            guard scanner.slices.contains(a, length: extent) else {
-                throw reject(.addressOutsideSlices, at, level: level, header: h, operand: a,
-                             "\(info.name) \(op.name) [0x\(hex(a)), +0x\(hex(extent))) is outside the vGPU's slices")
+            guard slices.contains(a, length: extent) else {
+                let name = CommandTable.entries[d.entry].addresses[k - d.firstAddress].name
+                throw reject(.addressOutsideSlices, gm(b, pos), level: level, header: h, operand: a,
+                             "\(Self.name(d)) \(name) [0x\(hex(a)), +0x\(hex(extent))) is outside the vGPU's slices")
             }
         }
-        for i in info.registerOperands(cmd) {
-            let r = cmd[i]
-            guard RegisterMap.isCommandWritable(r), scanner.commandLoadAllowed(r) else {
-                throw reject(.registerNotAllowed, at, level: level, header: h, operand: UInt64(r),
-                             "\(info.name) to register 0x\(hex(UInt64(r)))")
+        if d.registers == .pairs {
+            var i = 1
+            while i < cmd.count {
+                let r = cmd[i]
+                guard mayLoad(r) else {
+                    throw reject(.registerNotAllowed, gm(b, pos), level: level, header: h, operand: UInt64(r),
+                                 "\(Self.name(d)) to register 0x\(hex(UInt64(r)))")
+                }
+                i += 2
             }
         }
     }
 
     /// The operand reported for a `validate` failure.
-    func invalidOperandValue(_ info: CommandInfo, _ cmd: [UInt32]) -> UInt64 {
-        switch info.kind {
+    func invalidOperandValue(_ kind: CommandKind, _ cmd: UnsafeBufferPointer<UInt32>) -> UInt64 {
+        switch kind {
         case .batchBufferStart:
             return UInt64(cmd[3])
         case .displayFlip:
