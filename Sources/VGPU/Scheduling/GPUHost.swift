@@ -34,7 +34,7 @@ public final class GPUHost: @unchecked Sendable {
     /// This host's number in the process (0, 1, ...), in its dispatcher threads' names (`gpuN-rcs`).
     public let number: Int
     private static let hosts = Atomic<Int>(0)
-    /// One scheduler per physical engine (index: `EngineID.rawValue`), FIFO unless told otherwise.
+    /// One scheduler per physical engine (index: `EngineID.rawValue`), with the host's scheduling policy.
     public let dispatchers: [EngineDispatcher]
     public func dispatcher(_ e: EngineID) -> EngineDispatcher { dispatchers[e.rawValue] }
 
@@ -47,14 +47,20 @@ public final class GPUHost: @unchecked Sendable {
     private let allocation: Mutex<Allocation>
     private let nextBusBase = Mutex<UInt64>(1 << 40)
 
-    public init(config: GPUConfig = GPUHost.defaultConfig, partition: Partition = Partition()) {
+    /// The scheduling policy of every engine's dispatcher (`--gpu-scheduler`).
+    public let scheduler: SchedulerKind
+
+    public init(config: GPUConfig = GPUHost.defaultConfig, partition: Partition = Partition(),
+                scheduler: SchedulerKind = .default) {
+        self.scheduler = scheduler
         var c = config
         c.refreshRate = nil   // vblanks are virtual, per vGPU
         gpu = SoftGPU(config: c)
         let number = GPUHost.hosts.add(1, ordering: .relaxed).oldValue
         self.number = number
         do {
-            dispatchers = try EngineID.allCases.map { try EngineDispatcher(engine: $0, threadName: "gpu\(number)-\($0)".lowercased()) }
+            dispatchers = try EngineID.allCases.map { try EngineDispatcher(engine: $0, threadName: "gpu\(number)-\($0)".lowercased(),
+                                                                 policy: scheduler.makePolicy()) }
         } catch {
             fatalError("GPUHost: cannot create the engine dispatchers' eventfds: \(error) (raise the open-file limit)")
         }
