@@ -156,6 +156,12 @@ public final class EngineDispatcher: @unchecked Sendable {
         }
     }
 
+    /// Whether a client other than `running` has work ready now (clients attached meanwhile included).
+    private func othersWaiting(than running: any DispatchClient) -> Bool {
+        let clients = state.withLock { $0.clients }
+        return clients.contains { $0 !== running && $0.readyWork(on: engine) != nil }
+    }
+
     /// Runs passes until no client has work ready.
     func drain() {
         while !stopping {
@@ -175,9 +181,8 @@ public final class EngineDispatcher: @unchecked Sendable {
                 return (c, slice)
             }
             guard let chosen else { return }
-            let others = clients.filter { $0 !== chosen.client }
-            let engine = self.engine
-            let slice = PassSlice(length: chosen.slice) { others.contains { $0.readyWork(on: engine) != nil } }
+            let running = chosen.client
+            let slice = PassSlice(length: chosen.slice) { [self] in othersWaiting(than: running) }
             let t0 = ContinuousClock.now
             let result = chosen.client.runPass(on: engine, slice: slice)
             let took = ContinuousClock.now - t0
