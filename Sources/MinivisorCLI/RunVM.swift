@@ -15,6 +15,7 @@ func runVM(_ request: RunRequest) -> Never {
         h.logLevel = level
         return h
     }
+    if let k = request.gpuScheduler { GPUHost.shared.setScheduler(k) }
     var config = request.configuration()
     if request.serial == .stdio { config.serialInputFromStdin = isatty(0) != 0 }
     let vm: VirtualMachine
@@ -86,6 +87,8 @@ func runGroup(_ request: RunRequest) -> Never {
         h.logLevel = level
         return h
     }
+    // --gpu-scheduler wins over the file's "gpu": {"scheduler": ...}.
+    GPUHost.shared.setScheduler(request.gpuScheduler ?? file.scheduler ?? .default)
     let group: VMGroup
     do {
         group = try VMGroup(request.members(of: file))

@@ -47,12 +47,19 @@ public final class GPUHost: @unchecked Sendable {
     private let allocation: Mutex<Allocation>
     private let nextBusBase = Mutex<UInt64>(1 << 40)
 
-    /// The scheduling policy of every engine's dispatcher (`--gpu-scheduler`).
-    public let scheduler: SchedulerKind
+    private let schedulerKind: Mutex<SchedulerKind>
+    /// The scheduling policy of every engine's dispatcher (`--gpu-scheduler`; `WeightedPolicy` by default).
+    public var scheduler: SchedulerKind { schedulerKind.withLock { $0 } }
+
+    /// Gives every engine's dispatcher a fresh policy of `kind` (from the next pass on).
+    public func setScheduler(_ kind: SchedulerKind) {
+        schedulerKind.withLock { $0 = kind }
+        for d in dispatchers { d.setPolicy(kind.makePolicy()) }
+    }
 
     public init(config: GPUConfig = GPUHost.defaultConfig, partition: Partition = Partition(),
                 scheduler: SchedulerKind = .default) {
-        self.scheduler = scheduler
+        schedulerKind = Mutex(scheduler)
         var c = config
         c.refreshRate = nil   // vblanks are virtual, per vGPU
         gpu = SoftGPU(config: c)
