@@ -220,6 +220,8 @@ func runScannerCase(_ c: ScannerCase) {
         fuzzFinding("the scanner accepted a submission the \(c.engine) executor rejects: \(err)")
     case .timedOut:
         fuzzFinding("an accepted submission ran for more than 60 s on \(c.engine)")
+    case .suspended:
+        fuzzFinding("the engine suspended work nobody asked to suspend on \(c.engine)")
     }
 }
 

@@ -15,6 +15,7 @@ func runVM(_ request: RunRequest) -> Never {
         h.logLevel = level
         return h
     }
+    if let k = request.gpuScheduler { GPUHost.shared.setScheduler(k) }
     var config = request.configuration()
     // COM1 input: a terminal, or a pipe or file on stdin (not /dev/null or another device).
     if request.serial == .stdio {
@@ -97,6 +98,8 @@ func runGroup(_ request: RunRequest) -> Never {
         h.logLevel = level
         return h
     }
+    // --gpu-scheduler wins over the file's "gpu": {"scheduler": ...}.
+    GPUHost.shared.setScheduler(request.gpuScheduler ?? file.scheduler ?? .default)
     let group: VMGroup
     do {
         group = try VMGroup(request.members(of: file))

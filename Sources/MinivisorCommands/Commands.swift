@@ -73,6 +73,9 @@ struct Run: ParsableCommand {
     @Option(name: .customLong("vgpu-type"), help: "With --vgpu: the vGPU type, small, medium (default) or large: its graphics-memory slices and scheduling weight (docs/vgpu.md section 2).")
     var vgpuType: String?
 
+    @Option(name: .customLong("gpu-scheduler"), help: "With vGPUs: how the GPU's engines are shared: weighted (default: time slices by vGPU-type weight, preemptive, work-conserving), fifo (first come, first served, no preemption) or credit (GPUvm's credit scheduler, no preemption); docs/vgpu.md section 4.")
+    var gpuScheduler: String?
+
     @Option(help: "Run the VMs a JSON file describes, in this process, sharing one GPU (docs/config.md); no IMAGE then. Flags given with it (--timeout, --log-level, --no-seccomp) apply to every VM.")
     var config: String?
 

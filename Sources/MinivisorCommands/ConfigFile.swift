@@ -29,6 +29,8 @@ public struct ConfigFile: Equatable, Sendable {
     public static let maximumBytes = 1 << 20
     public static let maximumVMs = 64
     public var vms: [VMDescription]
+    /// "gpu": {"scheduler": ...}; nil when the file does not say.
+    public var scheduler: SchedulerKind? = nil
 
     /// Reads and checks `path`: a regular file of at most 1 MiB, opened without blocking.
     public static func load(path: String) -> Result<ConfigFile, CLIError> {
@@ -136,8 +138,22 @@ private struct ConfigChecker {
         guard case .object(let top) = root else {
             throw CLIError("configuration file \(quoted(file)) holds \(root.kind), not an object: write {\"vms\": [{\"name\": \"a\", \"image\": \"guest.elf\"}]} (docs/config.md)")
         }
-        for k in top.keys.sorted() where k != "vms" {
-            throw fail(quoted(k), "is not a field of the file: the file has one field, \"vms\" (docs/config.md)")
+        for k in top.keys.sorted() where k != "vms" && k != "gpu" {
+            throw fail(quoted(k), "is not a field of the file: the file has the fields \"vms\" and \"gpu\" (docs/config.md)")
+        }
+        var scheduler: SchedulerKind? = nil
+        if let g = top["gpu"] {
+            guard case .object(let gpu) = g else { throw fail("gpu", "is \(g.kind), not an object: write \"gpu\": {\"scheduler\": \"weighted\"}") }
+            for k in gpu.keys.sorted() where k != "scheduler" {
+                throw fail("gpu.\(k)", "is not a field of gpu: the one field is \"scheduler\" (docs/config.md)")
+            }
+            if let s = gpu["scheduler"] {
+                guard case .string(let name) = s else { throw fail("gpu.scheduler", "is \(s.kind), not a string: use \(SchedulerKind.names)") }
+                guard let k = SchedulerKind(rawValue: name) else {
+                    throw fail("gpu.scheduler", "\(quoted(name)) is not a scheduler: use \(SchedulerKind.names)")
+                }
+                scheduler = k
+            }
         }
         guard let vmsValue = top["vms"] else {
             throw CLIError("configuration file \(quoted(file)) has no \"vms\": list the VMs, e.g. {\"vms\": [{\"name\": \"a\", \"image\": \"guest.elf\"}]}")
@@ -157,7 +173,7 @@ private struct ConfigChecker {
             names[vm.name] = i
             vms.append(vm)
         }
-        return ConfigFile(vms: vms)
+        return ConfigFile(vms: vms, scheduler: scheduler)
     }
 
     static let fields = ["name", "image", "cmdline", "modules", "memory", "cpus", "vgpu", "serial", "screenshot", "timeout", "pit"]

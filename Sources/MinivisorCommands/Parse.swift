@@ -73,6 +73,8 @@ public struct RunRequest: Equatable, Sendable {
     public var gdbWait: Bool = false
     /// --config FILE: run the VMs the file describes instead of one (`ConfigFile`).
     public var configFile: String? = nil
+    /// --gpu-scheduler (nil: not given; the configuration file's, else the default).
+    public var gpuScheduler: SchedulerKind? = nil
 
     /// The timeout as a Duration (whole milliseconds; the range check keeps it far from overflow).
     public var timeout: Duration? {
@@ -277,6 +279,14 @@ extension Run {
             }
             type = known
         }
+        var scheduler: SchedulerKind? = nil
+        if let g = gpuScheduler {
+            guard let k = SchedulerKind(rawValue: g) else {
+                throw CLIError("--gpu-scheduler \(quoted(g)) is not a scheduler: use \(SchedulerKind.names)")
+            }
+            guard displayChoice == .vgpu || config != nil else { throw CLIError("--gpu-scheduler needs a vGPU: add --vgpu (or run VMs with --config)") }
+            scheduler = k
+        }
         if let c = config {
             guard !c.isEmpty else { throw CLIError("--config needs a path: give a JSON file, e.g. --config vms.json") }
             let alone = [("an IMAGE", image != nil), ("--vgpu", vgpu), ("--screenshot", screenshot != nil),
@@ -292,7 +302,7 @@ extension Run {
         return RunRequest(image: image, memoryBytes: memoryBytes, cpus: cpus, cmdline: commandLine, serial: serialChoice,
                           modules: modules, initrd: initrd, timeoutSeconds: seconds, display: displayChoice, vgpuType: type, screenshot: screenshot, vnc: vncAddress,
                           pit: pitMode, logLevel: level, kvmDevicePath: kvm, seccomp: !noSeccomp, gdbPort: gdbPort, gdbWait: gdbWait,
-                          configFile: config)
+                          configFile: config, gpuScheduler: scheduler)
     }
 }
 

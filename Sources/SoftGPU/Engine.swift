@@ -59,6 +59,56 @@ public enum EngineWaitResult: Sendable, Equatable {
     case idle
     case error(EngineError)
     case timedOut
+    /// The work stopped at a command boundary because `Engine.suspend()` asked; `saveContext()` takes it.
+    case suspended
+}
+
+/// One context's engine state (GVT-g's context image): what a scheduler saves when it switches the
+/// engine from one client to another and restores when it switches back. `gprs` are the 16 64-bit GPRs
+/// (32 dwords, GPR n = dwords 2n, 2n+1); `execution` is where suspended work stopped (nil: none), opaque.
+public struct EngineContext: Sendable, Equatable {
+    public var gprs: [UInt32]
+    public internal(set) var execution: SuspendedExecution?
+
+    public init(gprs: [UInt32] = Array(repeating: 0, count: Int(Reg.gprDwords))) {
+        self.gprs = gprs
+        execution = nil
+    }
+}
+
+/// Where an engine's work stopped when it was suspended, to resume exactly there: the ring (START, CTL,
+/// HEAD of the ring command in progress, TAIL), the batch stack under that command (each level's next
+/// command, end and level: the return addresses of second-level calls included), the steps spent on it,
+/// and the long command (SGEMM, SAXPY, a blit) in progress with its row-block progress.
+public struct SuspendedExecution: Sendable, Equatable {
+    var start: UInt32, ctl: UInt32, head: UInt32, tail: UInt32
+    /// Bytes of the ring command in progress (a BATCH_BUFFER_START or a long command); 0 when the ring
+    /// stopped between commands.
+    var ringCommandBytes: UInt32
+    var frames: [BatchFrame]
+    var steps: Int
+    var partial: PartialCommand?
+    /// The GM address of the command it stopped at (ACTHD).
+    public var commandAddress: UInt64
+}
+
+/// One level of the batch stack: the next command, the end of the batch, its level (1 or 2).
+struct BatchFrame: Sendable, Equatable {
+    var ip: UInt64
+    var end: UInt64
+    var level: Int
+}
+
+/// A long command stopped between row blocks: its dwords and how far it got.
+struct PartialCommand: Sendable, Equatable {
+    var command: [UInt32]
+    var progress: KernelProgress
+}
+
+/// Suspension requested: unwinds execution, carrying what it takes to resume.
+struct Suspended: Error {
+    var frames: [BatchFrame] = []
+    var partial: PartialCommand?
 }
 
 /// Internal fault before the command address is attached.
@@ -98,6 +148,12 @@ struct Aborted: Error {}
 /// - `abort`, `acthd` and `commandCount` are atomics readable from any thread.
 /// - Resets are performed by the worker; `reset()` asks and waits (or, called on the worker thread
 ///   itself, e.g. from an interrupt handler, only asks).
+/// - Context switches (a scheduler sharing the engine between clients): `suspend()` raises the `yield`
+///   atomic, which the worker polls where it polls `abort` (between commands, between row blocks of long
+///   commands); it then parks the work in `suspended` (under `monitor`) and goes idle without an
+///   interrupt. `saveContext()` takes it with the GPRs, `restoreContext(_:)` puts a context back (the
+///   worker resumes a suspended execution exactly where it stopped). Both must be called while the engine
+///   is idle (after `waitIdle`), by the one thread that owns the engine's scheduling.
 public final class Engine: @unchecked Sendable {
     public let id: EngineID
     let gtt: GTT
@@ -119,9 +175,15 @@ public final class Engine: @unchecked Sendable {
     private var resetGeneration: UInt64 = 0
     private var tracerSlot: AccessTracer?
     private var worker: pthread_t?
+    /// Work parked by a suspension, until `saveContext()` takes it.
+    private var suspended: SuspendedExecution?
+    /// Work `restoreContext` put back, for the worker to resume.
+    private var resumeFrom: SuspendedExecution?
 
     // --- atomics ---
     let abort = Atomic<Bool>(false)
+    /// A suspension is requested (a context switch): stop at the next command boundary.
+    let yield = Atomic<Bool>(false)
     let acthd = Atomic<UInt64>(0)
     let commandCount = Atomic<UInt64>(0)
 
@@ -166,7 +228,7 @@ public final class Engine: @unchecked Sendable {
 
     private var ringEnabled: Bool { ctl & Reg.ringCtlEnable != 0 }
     private var ringSize: UInt32 { UInt32(Reg.ringPages(ctl: ctl)) * 4096 }
-    private var hasWork: Bool { ringEnabled && error == nil && head != tail }
+    private var hasWork: Bool { ringEnabled && error == nil && suspended == nil && (head != tail || resumeFrom != nil) }
     private var idleLocked: Bool { !busy && !resetPending && !hasWork }
 
     /// Enables access tracing (diagnostics); set while the engine is idle. nil turns it off.
@@ -240,6 +302,7 @@ public final class Engine: @unchecked Sendable {
         defer { monitor.unlock() }
         while true {
             if let e = error, !busy, !resetPending { return .error(e) }
+            if suspended != nil, !busy, !resetPending { return .suspended }
             if idleLocked || stopping { return .idle }
             if let dl {
                 if !monitor.wait(deadline: dl) && monotonicNanos() >= dl {
@@ -268,12 +331,58 @@ public final class Engine: @unchecked Sendable {
         monitor.unlock()
     }
 
+    // MARK: context switches
+
+    /// Asks the work in progress to stop at its next command boundary (between row blocks inside SGEMM,
+    /// SAXPY and blits) and park there; `waitIdle` then returns `.suspended` (or `.idle`/`.error` if the
+    /// work ended first). Returns at once.
+    public func suspend() {
+        monitor.withLock {
+            guard busy || hasWork else { return }
+            yield.store(true, ordering: .relaxed)
+            monitor.broadcast()
+        }
+    }
+
+    /// The engine's context: its GPRs and the parked work of a suspension (taken: the engine keeps no
+    /// trace of it). The ring is left disabled (START, HEAD, TAIL, CTL 0). Call while the engine is idle.
+    public func saveContext() -> EngineContext {
+        var c = EngineContext(gprs: storage.gprs(engine: id))
+        monitor.withLock {
+            c.execution = suspended
+            suspended = nil
+            resumeFrom = nil
+            yield.store(false, ordering: .relaxed)
+            start = 0; head = 0; tail = 0; ctl = 0
+        }
+        return c
+    }
+
+    /// Loads a context saved by `saveContext()` (on this engine or another engine with the same id): the
+    /// GPRs, and, if it holds suspended work, the ring as it was, the work resuming exactly where it
+    /// stopped. Without suspended work the ring is left as it is (program it and submit as usual). Call
+    /// while the engine is idle.
+    public func restoreContext(_ c: EngineContext) {
+        storage.setGPRs(engine: id, c.gprs)
+        monitor.withLock {
+            yield.store(false, ordering: .relaxed)
+            suspended = nil
+            if let x = c.execution {
+                start = x.start; ctl = x.ctl; head = x.head; tail = x.tail
+                error = nil
+                resumeFrom = x
+            }
+            monitor.broadcast()
+        }
+    }
+
     // MARK: worker
 
     private enum RunEnd {
         case idle
         case stopped
         case failed(EngineError)
+        case suspended(SuspendedExecution)
     }
 
     private func run() {
@@ -284,14 +393,18 @@ public final class Engine: @unchecked Sendable {
             if !hasWork { monitor.wait(); continue }
             busy = true
             tracer = tracerSlot
-            let snapshot = (start: start, size: ringSize, head: head, tail: tail)
+            let snapshot = (start: start, size: ringSize, head: head, tail: tail, ctl: ctl)
+            let resume = resumeFrom
+            resumeFrom = nil
             monitor.unlock()
 
-            let end = executeRing(start: snapshot.start, size: snapshot.size, head: snapshot.head, tail: snapshot.tail)
+            let end = executeRing(start: snapshot.start, size: snapshot.size, head: snapshot.head, tail: snapshot.tail,
+                                  ctl: snapshot.ctl, resume: resume)
 
             // Publish the outcome, raise its interrupt, and only then report not-busy, so that a waiter
             // returning from waitIdle also sees the interrupt registers updated.
             monitor.lock()
+            yield.store(false, ordering: .relaxed)   // a suspension asked too late finds the work ended
             var raise: UInt32 = 0
             switch end {
             case .idle:
@@ -300,6 +413,9 @@ public final class Engine: @unchecked Sendable {
                 break
             case .failed(let e):
                 if !resetPending { error = e; raise = Interrupt.error(id) }
+            case .suspended(let x):
+                // Parked without an interrupt: the scheduler takes it with saveContext().
+                if !resetPending { suspended = x }
             }
             if raise != 0 {
                 monitor.unlock()
@@ -315,6 +431,9 @@ public final class Engine: @unchecked Sendable {
     private func performResetLocked() {
         start = 0; head = 0; tail = 0; ctl = 0
         error = nil
+        suspended = nil
+        resumeFrom = nil
+        yield.store(false, ordering: .relaxed)
         storage.reset(engine: id)
         acthd.store(0, ordering: .relaxed)
         abort.store(stopping, ordering: .relaxed)
@@ -325,8 +444,10 @@ public final class Engine: @unchecked Sendable {
         monitor.broadcast()
     }
 
-    /// Executes ring commands from `head` until TAIL (re-reading TAIL after each ring-level command).
-    private func executeRing(start: UInt32, size: UInt32, head h0: UInt32, tail t0: UInt32) -> RunEnd {
+    /// Executes ring commands from `head` until TAIL (re-reading TAIL after each ring-level command); with
+    /// `resume`, first finishes the ring command a suspension stopped inside.
+    private func executeRing(start: UInt32, size: UInt32, head h0: UInt32, tail t0: UInt32, ctl: UInt32,
+                             resume: SuspendedExecution?) -> RunEnd {
         let base = UInt64(start)
         var head = h0
         var tail = t0
@@ -336,19 +457,36 @@ public final class Engine: @unchecked Sendable {
         guard base % GTT.pageSize == 0 else { return ringError("START 0x\(hex(base)) is not page aligned") }
         guard base + UInt64(size) <= gtt.gmSize else { return ringError("ring [0x\(hex(base)), +0x\(hex(UInt64(size)))) is outside GM") }
         guard head < size, head % 4 == 0 else { return ringError("HEAD 0x\(hex(UInt64(head))) is misaligned or outside the ring") }
+        func parked(_ bytes: UInt32, _ steps: Int, _ s: Suspended) -> RunEnd {
+            .suspended(SuspendedExecution(start: start, ctl: ctl, head: head, tail: tail, ringCommandBytes: bytes,
+                                          frames: s.frames, steps: steps, partial: s.partial, commandAddress: currentCommand))
+        }
+        var pending = resume.flatMap { $0.ringCommandBytes > 0 ? $0 : nil }
 
         while true {
             guard tail < size, tail % 8 == 0 else { return ringError("TAIL 0x\(hex(UInt64(tail))) is not qword aligned or outside the ring") }
-            if head == tail { return .idle }
+            if head == tail && pending == nil { return .idle }
             if abort.load(ordering: .relaxed) { return .stopped }
             var acc = gtt.accessor(honorReadOnly: true, tracer: tracer)
             currentCommand = base + UInt64(head)
+            if pending == nil && yield.load(ordering: .relaxed) { return parked(0, 0, Suspended()) }
             acthd.store(currentCommand, ordering: .relaxed)
             let advance: UInt32
+            var steps = 1
             do {
-                advance = try executeRingCommand(&acc, base: base, size: size, head: head, tail: tail)
+                if let r = pending {
+                    // Finish the ring command the suspension stopped inside, then go on from the next one.
+                    pending = nil
+                    steps = r.steps
+                    try resumeRingCommand(&acc, r, steps: &steps)
+                    advance = r.ringCommandBytes
+                } else {
+                    advance = try executeRingCommand(&acc, base: base, size: size, head: head, tail: tail, steps: &steps)
+                }
             } catch let f as ExecFault {
                 return .failed(EngineError(code: f.code, faultAddress: f.address, commandAddress: currentCommand, detail: f.detail))
+            } catch let s as RingSuspended {
+                return parked(s.bytes, steps, s.inner)
             } catch {
                 return .stopped   // Aborted
             }
@@ -362,8 +500,39 @@ public final class Engine: @unchecked Sendable {
         }
     }
 
+    /// A suspension inside the ring command of `bytes` bytes at HEAD.
+    private struct RingSuspended: Error {
+        var bytes: UInt32
+        var inner: Suspended
+    }
+
+    /// Finishes the ring command a suspension stopped inside: the long command in progress (in the ring or
+    /// at the top of the batch stack), then the rest of the batch stack.
+    private func resumeRingCommand(_ acc: inout GMAccessor, _ r: SuspendedExecution, steps: inout Int) throws {
+        do {
+            if r.frames.isEmpty {
+                if let p = r.partial {
+                    try executeLong(p, &acc)
+                    commandCount.wrappingAdd(1, ordering: .relaxed)
+                }
+            } else {
+                try runBatch(&acc, stack: r.frames, partial: r.partial, steps: &steps)
+            }
+        } catch let s as Suspended {
+            throw RingSuspended(bytes: r.ringCommandBytes, inner: s)
+        }
+    }
+
+    /// Resumes a long command in `p` from its progress.
+    private func executeLong(_ p: PartialCommand, _ acc: inout GMAccessor) throws {
+        guard let info = CommandTable.decode(p.command[0]) else { return }
+        cmd = p.command
+        try execute(info, &acc, from: p.progress)
+    }
+
     /// Fetches, checks and executes the ring command at `head`; returns its size in bytes.
-    private func executeRingCommand(_ acc: inout GMAccessor, base: UInt64, size: UInt32, head: UInt32, tail: UInt32) throws -> UInt32 {
+    private func executeRingCommand(_ acc: inout GMAccessor, base: UInt64, size: UInt32, head: UInt32, tail: UInt32,
+                                    steps: inout Int) throws -> UInt32 {
         func ringAddress(_ i: Int) -> UInt64 { base + UInt64((head + UInt32(i * 4)) % size) }
         let header = try fetch(&acc, ringAddress(0), traced: false)
         let (info, len) = try decode(header)
@@ -374,39 +543,46 @@ public final class Engine: @unchecked Sendable {
         cmd.removeAll(keepingCapacity: true)
         cmd.append(header)
         for i in 1..<len { cmd.append(try fetch(&acc, ringAddress(i), traced: false)) }
-        var steps = 1
-        switch info.kind {
-        case .batchBufferEnd:
-            throw ExecFault(.batchEndOutsideBatch, currentCommand, "BATCH_BUFFER_END in the ring")
-        case .batchBufferStart:
-            try checkOperands(info)
-            if header & CommandHeader.batchSecondLevel != 0 {
-                throw ExecFault(.invalidBatchStart, currentCommand, "second-level batch started from the ring")
+        do {
+            switch info.kind {
+            case .batchBufferEnd:
+                throw ExecFault(.batchEndOutsideBatch, currentCommand, "BATCH_BUFFER_END in the ring")
+            case .batchBufferStart:
+                try checkOperands(info)
+                if header & CommandHeader.batchSecondLevel != 0 {
+                    throw ExecFault(.invalidBatchStart, currentCommand, "second-level batch started from the ring")
+                }
+                commandCount.wrappingAdd(1, ordering: .relaxed)
+                let start = info.addresses[0].address(in: cmd)
+                try runBatch(&acc, stack: [BatchFrame(ip: start, end: start + UInt64(cmd[3]), level: 1)], partial: nil, steps: &steps)
+            default:
+                try execute(info, &acc, from: .start)
+                commandCount.wrappingAdd(1, ordering: .relaxed)
             }
-            commandCount.wrappingAdd(1, ordering: .relaxed)
-            try runBatch(&acc, start: info.addresses[0].address(in: cmd), length: UInt64(cmd[3]), steps: &steps)
-        default:
-            try execute(info, &acc)
-            commandCount.wrappingAdd(1, ordering: .relaxed)
+        } catch let s as Suspended {
+            throw RingSuspended(bytes: UInt32(len * 4), inner: s)
         }
         return UInt32(len * 4)
     }
 
-    private struct Frame {
-        var ip: UInt64
-        var end: UInt64
-        var level: Int
-    }
-
-    /// Runs a first-level batch (and what it chains to or calls) until its BATCH_BUFFER_END.
-    private func runBatch(_ acc: inout GMAccessor, start: UInt64, length: UInt64, steps: inout Int) throws {
-        var stack = [Frame(ip: start, end: start + length, level: 1)]
+    /// Runs a first-level batch (and what it chains to or calls) until its BATCH_BUFFER_END, from `stack`
+    /// (a fresh batch, or the stack a suspension saved, with the long command `partial` at its top to
+    /// finish first). A suspension throws `Suspended` with the stack and the command in progress.
+    private func runBatch(_ acc: inout GMAccessor, stack initial: [BatchFrame], partial: PartialCommand?, steps: inout Int) throws {
+        var stack = initial
+        if let p = partial, var f = stack.last {
+            currentCommand = f.ip
+            do { try executeLong(p, &acc) } catch var s as Suspended { s.frames = stack; throw s }
+            f.ip += UInt64(p.command.count * 4)
+            stack[stack.count - 1] = f
+        }
         while var f = stack.last {
             guard f.ip < f.end else {
                 currentCommand = f.ip
                 throw ExecFault(.batchOverrun, f.ip, "reached the end of a level-\(f.level) batch without BATCH_BUFFER_END")
             }
             currentCommand = f.ip
+            if yield.load(ordering: .relaxed) && !abort.load(ordering: .relaxed) { throw Suspended(frames: stack) }
             steps += 1
             if steps > stepBudget { throw ExecFault(.stepBudgetExceeded, f.ip, "more than \(stepBudget) commands in one submission") }
             if abort.load(ordering: .relaxed) { throw Aborted() }
@@ -430,16 +606,16 @@ public final class Engine: @unchecked Sendable {
                     throw ExecFault(.batchNestingTooDeep, f.ip, "BATCH_BUFFER_START in a second-level batch")
                 }
                 let target = info.addresses[0].address(in: cmd)
-                let next = Frame(ip: target, end: target + UInt64(cmd[3]), level: 1)
+                let next = BatchFrame(ip: target, end: target + UInt64(cmd[3]), level: 1)
                 if header & CommandHeader.batchSecondLevel != 0 {
                     f.ip += bytes
                     stack[stack.count - 1] = f
-                    stack.append(Frame(ip: next.ip, end: next.end, level: 2))
+                    stack.append(BatchFrame(ip: next.ip, end: next.end, level: 2))
                 } else {
-                    stack[stack.count - 1] = Frame(ip: next.ip, end: next.end, level: f.level)   // chain
+                    stack[stack.count - 1] = BatchFrame(ip: next.ip, end: next.end, level: f.level)   // chain
                 }
             default:
-                try execute(info, &acc)
+                do { try execute(info, &acc, from: .start) } catch var s as Suspended { s.frames = stack; throw s }
                 f.ip += bytes
                 stack[stack.count - 1] = f
             }
@@ -492,11 +668,18 @@ public final class Engine: @unchecked Sendable {
         }
     }
 
-    /// Polled by long commands between row blocks: a reset or stop is pending.
-    private func shouldAbort() -> Bool { abort.load(ordering: .relaxed) }
+    /// Polled by long commands between row blocks: a reset, stop or suspension is pending.
+    private func shouldStop() -> Bool { abort.load(ordering: .relaxed) || yield.load(ordering: .relaxed) }
 
-    /// Executes a non-control-flow command in `cmd`.
-    private func execute(_ info: CommandInfo, _ acc: inout GMAccessor) throws {
+    /// A long command stopped at `progress`: an abort unwinds, a suspension parks the command.
+    private func stopped(_ progress: KernelProgress?) throws {
+        guard let progress else { return }
+        if abort.load(ordering: .relaxed) { throw Aborted() }
+        throw Suspended(partial: PartialCommand(command: cmd, progress: progress))
+    }
+
+    /// Executes a non-control-flow command in `cmd` (a long command from `from`, where it stopped before).
+    private func execute(_ info: CommandInfo, _ acc: inout GMAccessor, from: KernelProgress) throws {
         try checkOperands(info)
         let c = cmd
         do {
@@ -524,15 +707,16 @@ public final class Engine: @unchecked Sendable {
             case .displayFlip:
                 let plane: DisplayEngine.Plane = (c[0] & CommandHeader.flipPlaneMask) == 0 ? .primary : .cursor
                 display.flip(plane, base: info.addresses[0].address(in: c), stride: c[1])
-            // Long commands poll the abort flag between row blocks, so a reset or stop lands inside them.
+            // Long commands poll the abort and yield flags between row blocks, so a reset, stop or
+            // suspension lands inside them (a suspension keeps their progress to resume from).
             case .colorBlt:
-                if try !Blitter.colorBlt(c, &acc, shouldAbort: shouldAbort) { throw Aborted() }
+                try stopped(try Blitter.colorBlt(c, &acc, from: from, shouldStop: shouldStop))
             case .srcCopyBlt:
-                if try !Blitter.srcCopyBlt(c, &acc, shouldAbort: shouldAbort) { throw Aborted() }
+                try stopped(try Blitter.srcCopyBlt(c, &acc, from: from, shouldStop: shouldStop))
             case .saxpy:
-                if try !Compute.saxpy(c, &acc, shouldAbort: shouldAbort) { throw Aborted() }
+                try stopped(try Compute.saxpy(c, &acc, from: from, shouldStop: shouldStop))
             case .sgemm:
-                if try !Compute.sgemm(c, &acc, shouldAbort: shouldAbort) { throw Aborted() }
+                try stopped(try Compute.sgemm(c, &acc, from: from, shouldStop: shouldStop))
             case .batchBufferStart, .batchBufferEnd:
                 break   // handled by the callers
             }

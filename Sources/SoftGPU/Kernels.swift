@@ -39,6 +39,18 @@ public enum Kernels {
         }
     }
 
+    /// Where a long command (SGEMM, SAXPY, a blit) stopped between row blocks, to resume it exactly there:
+    /// `phase` (SGEMM: 0 scaling C, 1 the blocks), `j` and `k` (SGEMM: the column and depth block), `i`
+    /// (the row, element or row count done). Opaque to callers: only a kernel's own result is passed back.
+    public struct KernelProgress: Sendable, Equatable {
+        var phase = 0, j = 0, k = 0, i = 0
+        init(phase: Int = 0, j: Int = 0, k: Int = 0, i: Int = 0) {
+            self.phase = phase; self.j = j; self.k = k; self.i = i
+        }
+        /// The start of a command.
+        public static let start = KernelProgress()
+    }
+
     // Blocking parameters: a packed B panel is kc x nc floats (256 KiB), the micro-tile 4 x 16.
     static let kc = 256
     static let nc = 256
@@ -70,22 +82,47 @@ public enum Kernels {
                              beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int,
                              blockWork: Int = Kernels.blockWork,
                              shouldAbort: () -> Bool = { false }) -> Bool {
-        guard m > 0 && n > 0 else { return true }
+        sgemm(m: m, n: n, k: k, alpha: alpha, a: a, lda: lda, b: b, ldb: ldb, beta: beta, c: c, ldc: ldc,
+              blockWork: blockWork, from: .start, shouldStop: shouldAbort) == nil
+    }
+
+    /// `KernelProgress.phase` of an SGEMM running on OpenBLAS: `i` rows are done.
+    static let blasPhase = 9
+
+    /// Whether this SGEMM runs on OpenBLAS (see `sgemm`).
+    static func onBLAS(m: Int, n: Int, k: Int, alpha: Float, lda: Int, ldb: Int, ldc: Int) -> Bool {
         let int32 = Int(Int32.max)
-        guard blasReady, k > 0, alpha != 0, m <= int32, n <= int32, k <= int32, lda <= int32, ldb <= int32, ldc <= int32 else {
+        return blasReady && k > 0 && alpha != 0 && m <= int32 && n <= int32 && k <= int32 && lda <= int32
+            && ldb <= int32 && ldc <= int32
+    }
+
+    /// The resumable SGEMM the engine runs: starts at `from` (a progress an earlier call returned, C holding
+    /// that call's partial result) and returns nil when done, or where it stopped when `shouldStop` said so.
+    /// On OpenBLAS it stops between row blocks (each block is final: beta is applied by the block itself), so
+    /// resuming runs exactly the blocks an uninterrupted run would and the result is bit-identical; otherwise
+    /// it is `sgemmSIMD`'s resumable form.
+    public static func sgemm(m: Int, n: Int, k: Int, alpha: Float,
+                             a: UnsafePointer<Float>, lda: Int,
+                             b: UnsafePointer<Float>, ldb: Int,
+                             beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int,
+                             blockWork: Int = Kernels.blockWork,
+                             from: KernelProgress, shouldStop: () -> Bool) -> KernelProgress? {
+        guard m > 0 && n > 0 else { return nil }
+        guard onBLAS(m: m, n: n, k: k, alpha: alpha, lda: lda, ldb: ldb, ldc: ldc),
+              from == .start || from.phase == blasPhase else {
             return sgemmSIMD(m: m, n: n, k: k, alpha: alpha, a: a, lda: lda, b: b, ldb: ldb, beta: beta, c: c, ldc: ldc,
-                             shouldAbort: shouldAbort)
+                             from: from, shouldStop: shouldStop)
         }
         let rows = max(1, blockWork / max(n * k, 1))
-        var i = 0
+        var i = from.phase == blasPhase ? from.i : 0
         while i < m {
-            if shouldAbort() { return false }
+            if shouldStop() { return KernelProgress(phase: blasPhase, i: i) }
             let r = min(rows, m - i)
             mv_blas_sgemm(Int32(r), Int32(n), Int32(k), alpha, a + i * lda, Int32(lda), b, Int32(ldb),
                           beta, c + i * ldc, Int32(ldc))
             i += r
         }
-        return true
+        return nil
     }
 
     /// The hand-written SIMD SGEMM (the reference `sgemm` is tested against, and its fallback). Same
@@ -96,28 +133,46 @@ public enum Kernels {
                              b: UnsafePointer<Float>, ldb: Int,
                              beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int,
                              shouldAbort: () -> Bool = { false }) -> Bool {
-        guard m > 0 && n > 0 else { return true }
-        // C = beta * C
-        if beta == 0 {
-            for i in 0..<m {
-                if i & 63 == 0 && shouldAbort() { return false }
-                (c + i * ldc).update(repeating: 0, count: n)
-            }
-        } else if beta != 1 {
-            for i in 0..<m {
-                if i & 63 == 0 && shouldAbort() { return false }
-                scale(c + i * ldc, count: n, by: beta)
+        sgemmSIMD(m: m, n: n, k: k, alpha: alpha, a: a, lda: lda, b: b, ldb: ldb, beta: beta, c: c, ldc: ldc,
+                  from: KernelProgress(), shouldStop: shouldAbort) == nil
+    }
+
+    /// The SIMD SGEMM, resumable: starts at `from` (a progress an earlier call returned, C holding that
+    /// call's partial result) and returns nil when done, or where it stopped when `shouldStop` said so
+    /// (polled every 64 rows while scaling C, every 16 rows of each column-and-depth block after). The
+    /// arithmetic and its order are those of an uninterrupted run, so the result is bit-identical.
+    public static func sgemmSIMD(m: Int, n: Int, k: Int, alpha: Float,
+                             a: UnsafePointer<Float>, lda: Int,
+                             b: UnsafePointer<Float>, ldb: Int,
+                             beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int,
+                             from: KernelProgress, shouldStop: () -> Bool) -> KernelProgress? {
+        guard m > 0 && n > 0 else { return nil }
+        // Phase 0: C = beta * C
+        if from.phase == 0 {
+            if beta == 0 {
+                for i in from.i..<max(m, from.i) {
+                    if i & 63 == 0 && shouldStop() { return KernelProgress(phase: 0, i: i) }
+                    (c + i * ldc).update(repeating: 0, count: n)
+                }
+            } else if beta != 1 {
+                for i in from.i..<max(m, from.i) {
+                    if i & 63 == 0 && shouldStop() { return KernelProgress(phase: 0, i: i) }
+                    scale(c + i * ldc, count: n, by: beta)
+                }
             }
         }
-        guard k > 0 && alpha != 0 else { return true }
+        guard k > 0 && alpha != 0 else { return nil }
 
+        // Phase 1: the blocks, from (from.j, from.k, from.i) when resuming there.
+        let resume = from.phase == 1 ? from : KernelProgress(phase: 1)
         let packed = UnsafeMutablePointer<Float>.allocate(capacity: kc * nc)
         defer { packed.deallocate() }
-        var jj = 0
+        var jj = resume.j
+        var firstBlock = true
         while jj < n {
             let nb = min(nc, n - jj)
             let panels = (nb + nr - 1) / nr
-            var kk = 0
+            var kk = firstBlock ? resume.k : 0
             while kk < k {
                 let kb = min(kc, k - kk)
                 // Pack B[kk..<kk+kb, jj..<jj+nb] as panels of 16 columns: panel p, row q at p*kb*16 + q*16.
@@ -135,9 +190,10 @@ public enum Kernels {
                         }
                     }
                 }
-                var i = 0
+                var i = firstBlock ? resume.i : 0
+                firstBlock = false
                 while i < m {
-                    if i & 15 == 0 && shouldAbort() { return false }
+                    if i & 15 == 0 && shouldStop() { return KernelProgress(phase: 1, j: jj, k: kk, i: i) }
                     let rows = min(mr, m - i)
                     for p in 0..<panels {
                         let cols = min(nr, nb - p * nr)
@@ -158,7 +214,7 @@ public enum Kernels {
             }
             jj += nb
         }
-        return true
+        return nil
     }
 
     @inline(__always)

@@ -124,6 +124,7 @@ public final class NativeQueue: @unchecked Sendable {
         case .idle: return
         case .error(let err): throw NativeQueueError.engineError(err)
         case .timedOut: throw NativeQueueError.timedOut
+        case .suspended: return   // nobody suspends a native queue's engine
         }
     }
 

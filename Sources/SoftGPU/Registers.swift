@@ -236,6 +236,16 @@ final class StorageRegisters: @unchecked Sendable {
         return true
     }
 
+    func gprs(engine e: EngineID) -> [UInt32] {
+        values.withLock { v in Array(v[(e.rawValue * Int(Reg.gprDwords))..<((e.rawValue + 1) * Int(Reg.gprDwords))]) }
+    }
+
+    func setGPRs(engine e: EngineID, _ gprs: [UInt32]) {
+        values.withLock { v in
+            for i in 0..<min(gprs.count, Int(Reg.gprDwords)) { v[e.rawValue * Int(Reg.gprDwords) + i] = gprs[i] }
+        }
+    }
+
     func reset(engine e: EngineID) {
         values.withLock { v in
             for i in 0..<Int(Reg.gprDwords) { v[e.rawValue * Int(Reg.gprDwords) + i] = 0 }

@@ -148,4 +148,35 @@ struct ConfigFileTests {
         guard case .success(.run(let r)) = parseArguments(["run", "--vgpu", "--vgpu-type", "large"]) else { Issue.record("--vgpu-type large refused"); return }
         #expect(r.vgpuType == .large)
     }
+
+    /// `--gpu-scheduler` and the file's "gpu": {"scheduler": ...}: the three policies, one-line refusals.
+    @Test func theGPUSchedulerOnTheCommandLineAndInTheFile() throws {
+        for k in SchedulerKind.allCases {
+            guard case .success(.run(let r)) = parseArguments(["run", "--vgpu", "--gpu-scheduler", k.rawValue]) else {
+                Issue.record("--gpu-scheduler \(k) refused"); continue
+            }
+            #expect(r.gpuScheduler == k)
+        }
+        guard case .success(.run(let none)) = parseArguments(["run", "--vgpu"]) else { Issue.record("--vgpu refused"); return }
+        #expect(none.gpuScheduler == nil)
+        #expect(SchedulerKind.default == .weighted)
+        guard case .failure(let bad) = parseArguments(["run", "--vgpu", "--gpu-scheduler", "bvt"]) else { Issue.record("bvt accepted"); return }
+        #expect(bad.message == "--gpu-scheduler 'bvt' is not a scheduler: use weighted, fifo or credit")
+        #expect(bad.status == 2)
+        guard case .failure(let alone) = parseArguments(["run", "--gpu-scheduler", "fifo"]) else { Issue.record("without a vGPU accepted"); return }
+        #expect(alone.message.contains("add --vgpu"))
+        guard case .success(.run(let c)) = parseArguments(["run", "--config", "vms.json", "--gpu-scheduler", "credit"]) else {
+            Issue.record("--config with --gpu-scheduler refused"); return
+        }
+        #expect(c.gpuScheduler == .credit)
+
+        let vm = #"[{"name": "a", "vgpu": "small"}]"#
+        #expect(try parse(#"{"vms": \#(vm), "gpu": {"scheduler": "fifo"}}"#).get().scheduler == .fifo)
+        #expect(try parse(#"{"vms": \#(vm), "gpu": {}}"#).get().scheduler == nil)
+        #expect(try parse(#"{"vms": \#(vm)}"#).get().scheduler == nil)
+        #expect(refusal(#"{"vms": \#(vm), "gpu": {"scheduler": "lottery"}}"#).contains("gpu.scheduler 'lottery' is not a scheduler: use weighted, fifo or credit"))
+        #expect(refusal(#"{"vms": \#(vm), "gpu": {"scheduler": 3}}"#).contains("gpu.scheduler is a number, not a string"))
+        #expect(refusal(#"{"vms": \#(vm), "gpu": "fifo"}"#).contains("gpu is a string, not an object"))
+        #expect(refusal(#"{"vms": \#(vm), "gpu": {"policy": "fifo"}}"#).contains("gpu.policy is not a field of gpu"))
+    }
 }

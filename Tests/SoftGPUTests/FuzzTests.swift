@@ -71,8 +71,8 @@ private struct Rng {
             case .error(let e):
                 outcomes["\(e.code)", default: 0] += 1
                 rig.queue(engine).recover()
-            case .timedOut:
-                Issue.record("engine hung")
+            case .timedOut, .suspended:
+                Issue.record("engine hung or suspended: \(r)")
                 rig.queue(engine).recover()
             }
         }

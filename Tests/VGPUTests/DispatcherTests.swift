@@ -25,10 +25,10 @@ final class FakeClient: DispatchClient, Sendable {
         queue.withLock { q in q.first.map { QueueView(client: dispatchID, queued: q.count, oldestTicket: $0) } }
     }
 
-    func runPass(on engine: EngineID) -> Int {
-        guard let t = queue.withLock({ $0.isEmpty ? nil : $0.removeFirst() }) else { return 0 }
+    func runPass(on engine: EngineID, slice: PassSlice) -> PassResult {
+        guard let t = queue.withLock({ $0.isEmpty ? nil : $0.removeFirst() }) else { return PassResult(submissions: 0) }
         log.add("\(dispatchID):\(t)")
-        return 1
+        return PassResult(submissions: 1)
     }
 }
 
@@ -37,6 +37,7 @@ struct RecordingPolicy<P: SchedulingPolicy>: SchedulingPolicy {
     var inner: P
     let log: PassLog
     mutating func pick(_ ready: [QueueView]) -> Int? { inner.pick(ready) }
+    mutating func slice(for client: Int, ready: [QueueView]) -> Duration? { inner.slice(for: client, ready: ready) }
     mutating func passStarted(client: Int) { log.add("start \(client)"); inner.passStarted(client: client) }
     mutating func passEnded(client: Int, ran: Duration, submissions: Int) {
         log.add("end \(client) \(submissions) \(ran >= .zero)")
@@ -62,7 +63,7 @@ func waitUntil(seconds: Double = 10, _ condition: () -> Bool) -> Bool {
 @Suite("Engine dispatcher and scheduling policies (fake clients, no KVM)", .serialized)
 struct DispatcherTests {
     @Test func fifoInterleavesTwoClientsByArrival() throws {
-        let d = try EngineDispatcher(engine: .rcs)
+        let d = try EngineDispatcher(engine: .rcs, policy: FIFOPolicy())
         defer { d.stop() }
         let log = PassLog()
         let a = FakeClient(1, log: log), b = FakeClient(2, log: log)

@@ -25,7 +25,9 @@ import Synchronization
 ///   per engine at a time. The mediator thread also ticks virtual vblanks. It runs under the device
 ///   seccomp filter (`SeccompFilter.device`, unless the machine's `seccomp` is `.off`);
 /// - accepted submissions are queued in `state` and run by the engine's dispatcher thread (GPUHost's
-///   `EngineDispatcher`, shared by every vGPU on the GPU, FIFO by default) through `runPass`, which holds
+///   `EngineDispatcher`, shared by every vGPU on the GPU, weighted time slices by default) through
+///   `runPass`, which switches the engine to this vGPU's context (GPRs, a preempted pass's position) and
+///   back, keeps a preempted pass in `state` (its shadows stay in the vGPU's own arena), and holds
 ///   `runLocks[e]` across the pass; pausing the VM (`PausableDevice`) stops new passes and `pause()`
 ///   returns once the pass in progress (if any) has ended, by taking `runLocks[e]` (no other lock is held
 ///   with it);
@@ -80,9 +82,12 @@ public final class VGPU: PCIFunction, BusDevice, PausableDevice, DispatchClient,
         /// Accepted (scanned and copied) submissions not yet run, in doorbell order.
         var queue: [Queued] = []
         var executing = false
+        /// A pass the scheduler preempted: its shadows stay in the arena and it resumes, with the engine
+        /// context saved at the switch, on this vGPU's next pass (before anything queued after it).
+        var suspended: Pass? = nil
         /// RESETs (and shutdown) so far: work begun under an older generation is discarded.
         var generation: UInt64 = 0
-        var busy: Bool { executing || !queue.isEmpty }
+        var busy: Bool { executing || suspended != nil || !queue.isEmpty }
     }
 
     struct State {

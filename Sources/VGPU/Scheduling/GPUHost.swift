@@ -34,7 +34,7 @@ public final class GPUHost: @unchecked Sendable {
     /// This host's number in the process (0, 1, ...), in its dispatcher threads' names (`gpuN-rcs`).
     public let number: Int
     private static let hosts = Atomic<Int>(0)
-    /// One scheduler per physical engine (index: `EngineID.rawValue`), FIFO unless told otherwise.
+    /// One scheduler per physical engine (index: `EngineID.rawValue`), with the host's scheduling policy.
     public let dispatchers: [EngineDispatcher]
     public func dispatcher(_ e: EngineID) -> EngineDispatcher { dispatchers[e.rawValue] }
 
@@ -47,14 +47,27 @@ public final class GPUHost: @unchecked Sendable {
     private let allocation: Mutex<Allocation>
     private let nextBusBase = Mutex<UInt64>(1 << 40)
 
-    public init(config: GPUConfig = GPUHost.defaultConfig, partition: Partition = Partition()) {
+    private let schedulerKind: Mutex<SchedulerKind>
+    /// The scheduling policy of every engine's dispatcher (`--gpu-scheduler`; `WeightedPolicy` by default).
+    public var scheduler: SchedulerKind { schedulerKind.withLock { $0 } }
+
+    /// Gives every engine's dispatcher a fresh policy of `kind` (from the next pass on).
+    public func setScheduler(_ kind: SchedulerKind) {
+        schedulerKind.withLock { $0 = kind }
+        for d in dispatchers { d.setPolicy(kind.makePolicy()) }
+    }
+
+    public init(config: GPUConfig = GPUHost.defaultConfig, partition: Partition = Partition(),
+                scheduler: SchedulerKind = .default) {
+        schedulerKind = Mutex(scheduler)
         var c = config
         c.refreshRate = nil   // vblanks are virtual, per vGPU
         gpu = SoftGPU(config: c)
         let number = GPUHost.hosts.add(1, ordering: .relaxed).oldValue
         self.number = number
         do {
-            dispatchers = try EngineID.allCases.map { try EngineDispatcher(engine: $0, threadName: "gpu\(number)-\($0)".lowercased()) }
+            dispatchers = try EngineID.allCases.map { try EngineDispatcher(engine: $0, threadName: "gpu\(number)-\($0)".lowercased(),
+                                                                 policy: scheduler.makePolicy()) }
         } catch {
             fatalError("GPUHost: cannot create the engine dispatchers' eventfds: \(error) (raise the open-file limit)")
         }

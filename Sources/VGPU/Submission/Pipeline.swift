@@ -122,47 +122,83 @@ extension VGPU {
     // MARK: the dispatcher's side (DispatchClient)
 
     public var dispatchID: Int { id }
+    public var schedulingWeight: Int { type.weight }
 
-    /// This vGPU's checked work on `engine`, unless it is paused, shut down or already running there.
+    /// A pass placed in the arena: what running, suspending, resuming and completing it needs.
+    struct Pass {
+        let group: [Queued]
+        let placement: ShadowPlacement
+        /// The shadow buffers as placed (relocations applied), to map engine addresses back to the guest's.
+        let buffers: [[ShadowBuffer]]
+        let generation: UInt64
+        /// Where the engine stopped when the pass was preempted (nil: not started yet).
+        var execution: EngineContext?
+        /// Counted over the pass's slices so far.
+        var userEvents: UInt64 = 0
+        var executed: UInt64 = 0
+    }
+
+    /// This vGPU's checked work on `engine` (a preempted pass first), unless it is paused, shut down or
+    /// already running there.
     public func readyWork(on engine: EngineID) -> QueueView? {
         guard !isPaused, isRunning else { return nil }
         return state.withLock { s in
             let es = s.engines[engine.rawValue]
-            guard !es.executing, let first = es.queue.first else { return nil }
-            return QueueView(client: id, queued: es.queue.count, oldestTicket: first.ticket)
+            guard !es.executing else { return nil }
+            if let p = es.suspended {
+                return QueueView(client: id, queued: es.queue.count + p.group.count, oldestTicket: p.group[0].ticket, weight: type.weight)
+            }
+            guard let first = es.queue.first else { return nil }
+            return QueueView(client: id, queued: es.queue.count, oldestTicket: first.ticket, weight: type.weight)
         }
     }
 
-    /// One pass on `engine` (the dispatcher thread): every queued submission that fits the shadow arena runs
-    /// in one pass of the physical ring, back to back, as GVT-g batches workloads. Held under the run lock,
-    /// which `pause()` and `shutdown()` wait for, so no pass starts once they have returned.
-    public func runPass(on e: EngineID) -> Int {
+    /// Runs a pass to its end (tests).
+    func runPass(on e: EngineID) -> Int { runPass(on: e, slice: .unlimited).submissions }
+
+    /// One pass on `engine` (the dispatcher thread): the pass this vGPU had preempted, resumed where it
+    /// stopped; or every queued submission that fits the shadow arena, run in one pass of the physical ring,
+    /// back to back, as GVT-g batches workloads. It holds the engine for `slice` (then, if another vGPU
+    /// waits, it is suspended at a command boundary and kept, shadows and engine context, for this vGPU's
+    /// next pass). Held under the run lock, which `pause()` and `shutdown()` wait for, so no pass starts
+    /// once they have returned.
+    public func runPass(on e: EngineID, slice: PassSlice) -> PassResult {
         let i = e.rawValue
-        let ran = runLocks[i].withLock { () -> Int in
-            guard !isPaused, isRunning else { return 0 }
+        let result = runLocks[i].withLock { () -> PassResult in
+            guard !isPaused, isRunning else { return PassResult(submissions: 0) }
             let arena = arena(e)
-            let (group, generation) = state.withLock { s -> ([Queued], UInt64) in
+            enum Work { case none, resume(Pass), fresh([Queued], UInt64) }
+            let work = state.withLock { s -> Work in
                 let generation = s.engines[i].generation
-                guard !s.engines[i].executing else { return ([], generation) }
+                guard !s.engines[i].executing else { return .none }
+                if let p = s.engines[i].suspended {
+                    s.engines[i].suspended = nil
+                    s.engines[i].executing = true
+                    return .resume(p)
+                }
                 let n = ShadowPlacement.group(s.engines[i].queue.map(\.footprint), arena: arena)
-                guard n > 0 else { return ([], generation) }
+                guard n > 0 else { return .none }
                 s.engines[i].executing = true
                 defer { s.engines[i].queue.removeFirst(n) }
-                return (Array(s.engines[i].queue.prefix(n)), generation)
+                return .fresh(Array(s.engines[i].queue.prefix(n)), generation)
             }
-            guard !group.isEmpty else { return 0 }
-            execute(e, group, generation: generation)
-            return group.count
+            switch work {
+            case .none:
+                return PassResult(submissions: 0)
+            case .resume(let p):
+                return run(e, p, slice: slice)
+            case .fresh(let group, let generation):
+                guard let p = prepare(e, group, generation: generation) else { return PassResult(submissions: 0) }
+                return run(e, p, slice: slice)
+            }
         }
-        if ran > 0 { activity.withLock { $0.last = ContinuousClock.now } }
-        return ran
+        if result.submissions > 0 { activity.withLock { $0.last = ContinuousClock.now } }
+        return result
     }
 
-    /// Places the shadow buffers of `group` in the arena (`ShadowPlacement`), runs them in one pass on the
-    /// shared engine, and completes them (the padding NOOPs are not counted in COMMAND_COUNT). A RESET or
-    /// shutdown (a new `generation`) before the pass starts cancels it, during it aborts it (RESET resets
-    /// the physical engine), and either way the pass leaves no trace in the virtual state.
-    func execute(_ e: EngineID, _ group: [Queued], generation: UInt64) {
+    /// Places the shadow buffers of `group` in the arena (`ShadowPlacement`) and copies them there; nil
+    /// when the group cannot be placed (then its submission is refused).
+    func prepare(_ e: EngineID, _ group: [Queued], generation: UInt64) -> Pass? {
         let arena = arena(e), arenaPtr = arenaPointer(e)
         let placement: ShadowPlacement
         switch ShadowPlacement.place(group.map(\.footprint), arena: arena) {
@@ -173,7 +209,7 @@ extension VGPU {
             reject(e, ScanRejection(reason: .tooManyBatches, engine: e, commandGM: UInt64(q.start) + UInt64(q.head), level: 0,
                                     header: 0, operand: refusal.needed, detail: refusal.description, bufferGM: UInt64(q.start)),
                    generation: generation)
-            return
+            return nil
         case .success(let p):
             placement = p
         }
@@ -192,34 +228,114 @@ extension VGPU {
             }
         }
         submissions.add(UInt64(group.count), ordering: .relaxed)
+        return Pass(group: group, placement: placement, buffers: buffers, generation: generation)
+    }
 
+    /// Waits for the pass on `engine` within `slice`: when the slice has run out and another vGPU waits,
+    /// suspends it (at the next command boundary) and returns `.suspended`; a pass still running after 60 s
+    /// is `.timedOut`.
+    private func wait(_ engine: Engine, slice: PassSlice) -> EngineWaitResult {
+        let clock = ContinuousClock()
+        let hardDeadline = clock.now + .seconds(60)
+        var sliceEnd = slice.length.map { clock.now + $0 }
+        while true {
+            let until = min(hardDeadline, sliceEnd ?? hardDeadline)
+            let r = engine.waitIdle(timeout: max(0, (until - clock.now).nanoseconds / 1e9))
+            guard r == .timedOut else { return r }
+            if clock.now >= hardDeadline { return .timedOut }
+            if let end = sliceEnd, clock.now >= end, let length = slice.length {
+                if slice.shouldYield() {
+                    engine.suspend()
+                    let r = engine.waitIdle(timeout: max(0, (hardDeadline - clock.now).nanoseconds / 1e9))
+                    return r
+                }
+                sliceEnd = clock.now + length
+            }
+        }
+    }
+
+    /// Runs (or resumes) `pass` on the shared engine with this vGPU's engine context (its GPRs, and where a
+    /// preemption stopped it), for at most `slice` while others wait, and completes it, or keeps it for the
+    /// next pass when it was preempted (the engine context saved). A RESET or shutdown (a new
+    /// `generation`) before the pass starts cancels it, during it aborts it (RESET resets the physical
+    /// engine), and either way the pass leaves no trace in the virtual state.
+    func run(_ e: EngineID, _ p: Pass, slice: PassSlice) -> PassResult {
+        var pass = p
+        let arena = arena(e)
         let gpu = host.gpu
         let engine = gpu.engine(e)
         var outcome = EngineWaitResult.idle
-        var userEvents: UInt64 = 0
-        var executed: UInt64 = 0
-        let pass = passes[e.rawValue]
+        var saved: EngineContext? = nil
+        let passFlag = passes[e.rawValue]
         let t0 = ContinuousClock.now
         let userBefore = gpu.interrupts.eventCount(Interrupt.user(e))
         let countBefore = engine.commandsExecuted
         // Start the pass and say so in one step, unless a RESET or shutdown came first: an abort then
         // either finds the pass on the engine or finds the generation changed.
-        let started = pass.withLock { onEngine -> Bool in
-            guard isRunning, state.withLock({ $0.engines[e.rawValue].generation }) == generation else { return false }
-            engine.configureRing(start: UInt32(arena.gm), pages: Int(arena.ringBytes / 4096))
-            gpu.submit(e, tail: UInt32(placement.ringTail))
+        let started = passFlag.withLock { onEngine -> Bool in
+            guard isRunning, let gprs = state.withLock({ s -> [UInt32]? in
+                guard s.engines[e.rawValue].generation == pass.generation else { return nil }
+                return (0..<Reg.gprDwords).map { s.regs[Reg.gpr(e, dword: $0)] }
+            }) else { return false }
+            // Switch the engine to this vGPU's context: its GPRs, and the suspended execution if any.
+            var context = pass.execution ?? EngineContext()
+            context.gprs = gprs
+            engine.restoreContext(context)
+            if pass.execution == nil {
+                engine.configureRing(start: UInt32(arena.gm), pages: Int(arena.ringBytes / 4096))
+                gpu.submit(e, tail: UInt32(pass.placement.ringTail))
+            }
             onEngine = true
             return true
         }
         if started {
-            outcome = engine.waitIdle(timeout: 60)
-            pass.withLock { $0 = false }
-            if case .idle = outcome {} else { engine.reset() }
-            userEvents = gpu.interrupts.eventCount(Interrupt.user(e)) &- userBefore
-            executed = engine.commandsExecuted &- countBefore
+            outcome = wait(engine, slice: slice)
+            switch outcome {
+            case .idle, .suspended, .error: saved = engine.saveContext()
+            case .timedOut: break
+            }
+            passFlag.withLock { $0 = false }
+            switch outcome {
+            case .idle, .suspended: break
+            case .error, .timedOut: engine.reset()
+            }
+            pass.userEvents &+= gpu.interrupts.eventCount(Interrupt.user(e)) &- userBefore
+            pass.executed &+= engine.commandsExecuted &- countBefore
             let d = ContinuousClock.now - t0
             engineNanos.add(UInt64(d.components.seconds) * 1_000_000_000 + UInt64(d.components.attoseconds / 1_000_000_000), ordering: .relaxed)
         }
+        if outcome == .suspended, started, let saved {
+            return suspend(e, pass, context: saved)
+        }
+        return complete(e, pass, started: started, outcome: outcome, context: saved)
+    }
+
+    /// Keeps a preempted pass (its shadows stay in the arena, its engine context is saved) for this vGPU's
+    /// next pass; its GPRs become the MMIO view, and its user interrupts so far are delivered.
+    private func suspend(_ e: EngineID, _ p: Pass, context: EngineContext) -> PassResult {
+        var pass = p
+        let i = e.rawValue
+        let newly = state.withLock { s -> UInt32 in
+            s.engines[i].executing = false
+            guard s.engines[i].generation == pass.generation else { return 0 }
+            for d in 0..<Reg.gprDwords { s.regs[Reg.gpr(e, dword: d)] = context.gprs[Int(d)] }
+            var bits: UInt32 = 0
+            if pass.userEvents > 0 { bits |= Interrupt.user(e) }
+            pass.userEvents = 0
+            pass.execution = context
+            s.engines[i].suspended = pass
+            return s.interrupts.latch(bits)
+        }
+        if newly != 0 { signalInterrupt() }
+        return PassResult(submissions: 0, preempted: true)
+    }
+
+    /// Completes a pass that ended (or failed, or never started) into the virtual state (the padding NOOPs
+    /// are not counted in COMMAND_COUNT).
+    private func complete(_ e: EngineID, _ pass: Pass, started: Bool, outcome: EngineWaitResult, context: EngineContext?) -> PassResult {
+        let arena = arena(e)
+        let group = pass.group, buffers = pass.buffers, placement = pass.placement, generation = pass.generation
+        let userEvents = pass.userEvents, executed = pass.executed
 
         // Which submission a shadow GM address belongs to, and where the guest wrote that command.
         func locate(_ x: UInt64) -> (submission: Int, guest: UInt64)? {
@@ -237,14 +353,17 @@ extension VGPU {
 
         var bits: UInt32 = 0
         var failed: (error: EngineError, command: UInt64, address: UInt64)? = nil
+        var completedCount = 0
         let newly = state.withLock { s -> UInt32 in
             let i = e.rawValue
             s.engines[i].executing = false
             // Cancelled or aborted by a RESET or shutdown: the engine's state is already as after reset.
             guard started, s.engines[i].generation == generation else { return 0 }
+            // The engine context's GPRs are the vGPU's GPRs (the MMIO view) until its next pass.
+            if let context { for d in 0..<Reg.gprDwords { s.regs[Reg.gpr(e, dword: d)] = context.gprs[Int(d)] } }
             var completed = group.count
             switch outcome {
-            case .idle:
+            case .idle, .suspended:
                 bits |= Interrupt.idle(e)
             case .error(let err):
                 let where_ = locate(err.commandAddress)
@@ -265,6 +384,7 @@ extension VGPU {
                 s.engines[i].queue.removeAll()
                 bits |= Interrupt.error(e)
             }
+            completedCount = completed
             // The padding NOOPs of the completed submissions ran but are not the guest's commands.
             let pads = UInt64(placement.padded.prefix(completed).filter { $0 }.count)
             s.regs[Reg.commandCount(e)] &+= UInt32(truncatingIfNeeded: executed >= pads ? executed - pads : 0)
@@ -284,5 +404,6 @@ extension VGPU {
                     "vgpu\(id): \(e) engine error: \(f.error.code) at command 0x\(command), address 0x\(address): \(f.error.detail)")
         }
         if newly != 0 { signalInterrupt() }
+        return PassResult(submissions: completedCount)
     }
 }
