@@ -9,12 +9,7 @@ func runVM(_ request: RunRequest) -> Never {
     if request.configFile != nil { runGroup(request) }
     if let error = request.checkFiles() { fail(error.message, status: error.status) }
     TerminationSignals.start(seccomp: request.seccomp)
-    let level = request.logLevel
-    LoggingSystem.bootstrap { label in
-        var h = StreamLogHandler.standardError(label: label)
-        h.logLevel = level
-        return h
-    }
+    bootstrapLogging(request.logLevel)
     if let k = request.gpuScheduler { GPUHost.shared.setScheduler(k) }
     var config = request.configuration()
     // COM1 input: a terminal, or a pipe or file on stdin (not /dev/null or another device).
@@ -72,7 +67,7 @@ func runVM(_ request: RunRequest) -> Never {
     }
     // --log-level info or lower: what minivisor's instruction emulator did for the host's KVM.
     let emulated = vm.machine.emulatedInstructions
-    if level <= .info && emulated.total > 0 {
+    if request.logLevel <= .info && emulated.total > 0 {
         writeStderr("minivisor: emulated \(emulated.total) instructions the host's KVM could not: \(emulated.summary)\n")
     }
     if let error = vm.screenshotError {
@@ -92,12 +87,7 @@ func runGroup(_ request: RunRequest) -> Never {
     }
     if kvmDeviceProblem(request) { fail("MINIVISOR_KVM_DEVICE \(quoted(request.kvmDevicePath)) is not a character device: unset it or point it at /dev/kvm", status: CLIStatus.usage) }
     TerminationSignals.start(seccomp: request.seccomp)
-    let level = request.logLevel
-    LoggingSystem.bootstrap { label in
-        var h = StreamLogHandler.standardError(label: label)
-        h.logLevel = level
-        return h
-    }
+    bootstrapLogging(request.logLevel)
     // --gpu-scheduler wins over the file's "gpu": {"scheduler": ...}.
     GPUHost.shared.setScheduler(request.gpuScheduler ?? file.scheduler ?? .default)
     let group: VMGroup
@@ -139,4 +129,13 @@ private func isConfigurationError(_ e: any Error) -> Bool {
 private func kvmDeviceProblem(_ r: RunRequest) -> Bool {
     var st = stat()
     return stat(r.kvmDevicePath, &st) == 0 && (st.st_mode & S_IFMT) != S_IFCHR
+}
+
+/// Log lines go to stderr at `level` and above.
+private func bootstrapLogging(_ level: Logger.Level) {
+    LoggingSystem.bootstrap { label in
+        var h = StreamLogHandler.standardError(label: label)
+        h.logLevel = level
+        return h
+    }
 }

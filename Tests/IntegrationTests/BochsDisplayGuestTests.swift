@@ -8,15 +8,7 @@ import Testing
 /// `vncsnapshot` (compared with the screenshot) and to a raw RFB client that types a key into the i8042.
 @Suite("bochs-display guest and VNC (needs /dev/kvm)", .serialized, .enabled(if: Support.kvmAvailable, "needs read-write /dev/kvm"))
 struct BochsDisplayGuestTests {
-    static func readPNG(_ path: String) -> (Int, Int, [UInt8])? {
-        var png = png_image()
-        png.version = UInt32(PNG_IMAGE_VERSION)
-        guard png_image_begin_read_from_file(&png, path) != 0 else { return nil }
-        png.format = UInt32(PNG_FORMAT_RGB)
-        var buf = [UInt8](repeating: 0, count: Int(png.width * png.height * 3))
-        guard png_image_finish_read(&png, nil, &buf, 0, nil) != 0 else { return nil }
-        return (Int(png.width), Int(png.height), buf)
-    }
+    static func readPNG(_ path: String) -> (Int, Int, [UInt8])? { Support.readPNG(path) }
 
     /// "bochs pixel X Y 0xRRGGBB" lines: every one must match the picture.
     static func checkSamples(_ out: String, _ w: Int, _ rgb: [UInt8], tolerance: Int = 0) -> Int {

@@ -49,25 +49,10 @@ struct PreemptionTests {
         host.dispatcher(.rcs).setPolicy(RecordingPolicy(inner: WeightedPolicy(period: .milliseconds(4), minimumSlice: .milliseconds(1)), log: log))
         let a = try Rig(host: host), b = try Rig(host: host)
         let m: UInt32 = 2048, n: UInt32 = 512
-        let s = b.vgpu.slices
-        let aGM = s.hidden.lowerBound, bGM = aGM + UInt64(m * n * 4), cGM = bGM + UInt64(n * n * 4)
-        let aGPA = b.back(gm: aGM, pages: Int(m * n / 1024)), bGPA = b.back(gm: bGM, pages: Int(n * n / 1024))
-        let cGPA = b.back(gm: cGM, pages: Int(m * n / 1024))
-        try b.fillFloats(aGPA, count: Int(m * n), 1)
-        try b.fillFloats(bGPA, count: Int(n * n), 1)
-        let batchGM = s.aperture.lowerBound + 0x10000
-        let batchGPA = b.back(gm: batchGM, pages: 1)
-        var batch = CommandBuilder()
-        batch.loadRegisterImm([(offset: Self.gpr(5), value: 0xb5)])
-        batch.sgemm(m: m, n: n, k: n, alpha: 1, beta: 0, a: aGM, lda: n, b: bGM, ldb: n, c: cGM, ldc: n)
-        batch.batchBufferEnd()
-        try b.put(batch.dwords, at: batchGPA)
-        let ring = b.setUpRing(.rcs, gm: s.aperture.lowerBound)
-        var r = CommandBuilder()
-        r.batchBufferStart(gm: batchGM, length: UInt32(batch.dwords.count * 4))
-        r.alignToQword()
-        try b.put(r.dwords, at: ring)
-        b.w32(Reg.ringTail(.rcs), UInt32(r.dwords.count * 4))
+        let job = try SharedEngineTests.sgemmJob(b, m: m, n: n) { $0.loadRegisterImm([(offset: Self.gpr(5), value: 0xb5)]) }
+        let cGPA = job.c
+        try b.put(job.dwords, at: job.ring)
+        b.w32(Reg.ringTail(.rcs), UInt32(job.dwords.count * 4))
         #expect(try b.waitFor { try b.float(cGPA + UInt64(n - 1) * 4) != 0 }, "B's SGEMM never started")
 
         // A's store (and a GPR load of its own) while B's SGEMM runs.
@@ -82,7 +67,7 @@ struct PreemptionTests {
 
         #expect(b.waitFor { b.r32(Reg.status(.rcs)) & Reg.statusIdle != 0 })
         #expect(b.r32(Reg.status(.rcs)) & Reg.statusError == 0)
-        #expect(b.r32(Reg.ringHead(.rcs)) == UInt32(r.dwords.count * 4))
+        #expect(b.r32(Reg.ringHead(.rcs)) == UInt32(job.dwords.count * 4))
         let c = try b.context.memory.pointer(cGPA, length: UInt64(m * n * 4)).assumingMemoryBound(to: Float.self)
         let wrong = (0..<Int(m * n)).filter { c[$0] != Float(n) }.count
         #expect(wrong == 0, "\(wrong) elements of C are not \(n) after the resumed SGEMM")

@@ -8,7 +8,9 @@ import Testing
 struct SharedEngineTests {
     /// An SGEMM job in `rig`'s hidden slice (m x n x n, A and B all ones, beta 0: every C element = n) in a
     /// batch; returns the ring's GPA, the dwords to submit and C's GPA.
-    static func sgemmJob(_ rig: Rig, m: UInt32, n: UInt32) throws -> (ring: UInt64, dwords: [UInt32], c: UInt64) {
+    /// `before` adds commands to the batch ahead of the SGEMM.
+    static func sgemmJob(_ rig: Rig, m: UInt32, n: UInt32,
+                         before: (inout CommandBuilder) -> Void = { _ in }) throws -> (ring: UInt64, dwords: [UInt32], c: UInt64) {
         let s = rig.vgpu.slices
         let aGM = s.hidden.lowerBound, bGM = aGM + UInt64(m * n * 4), cGM = bGM + UInt64(n * n * 4)
         let aGPA = rig.back(gm: aGM, pages: Int(m * n / 1024)), bGPA = rig.back(gm: bGM, pages: Int(n * n / 1024))
@@ -18,6 +20,7 @@ struct SharedEngineTests {
         let batchGM = s.aperture.lowerBound + 0x10000
         let batchGPA = rig.back(gm: batchGM, pages: 1)
         var batch = CommandBuilder()
+        before(&batch)
         batch.sgemm(m: m, n: n, k: n, alpha: 1, beta: 0, a: aGM, lda: n, b: bGM, ldb: n, c: cGM, ldc: n)
         batch.batchBufferEnd()
         try rig.put(batch.dwords, at: batchGPA)
