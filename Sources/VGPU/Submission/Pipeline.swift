@@ -13,6 +13,8 @@ extension VGPU {
         let start: UInt32, ringBytes: UInt32, head: UInt32, tail: UInt32
         /// Arrival order on the engine's dispatcher (FIFO across vGPUs).
         let ticket: UInt64
+        /// This vGPU's number for the submission on its engine (1, 2, ...; traces and hang reports).
+        let number: UInt64
         var footprint: ShadowFootprint { ShadowFootprint(submission) }
     }
 
@@ -83,8 +85,9 @@ extension VGPU {
                 // A RESET while scanning: the scan is of a ring that no longer exists; drop it.
                 return state.withLock { s -> Bool in
                     guard s.engines[i].generation == job.generation else { return false }
+                    s.submitted[i] &+= 1
                     s.engines[i].queue.append(Queued(submission: submission, start: job.start, ringBytes: ringBytes,
-                                                     head: job.head, tail: tail, ticket: ticket))
+                                                     head: job.head, tail: tail, ticket: ticket, number: s.submitted[i]))
                     s.engines[i].scannedTail = tail
                     return true
                 }
@@ -102,7 +105,7 @@ extension VGPU {
             s.regs[Reg.errorCode(e)] = VGPURegs.rejectedErrorBase + r.reason.rawValue
             s.regs[lo: Reg.errorIPLo(e), hi: Reg.errorIPHi(e)] = r.commandGM
             s.regs[lo: Reg.faultAddressLo(e), hi: Reg.faultAddressHi(e)] = r.operand
-            s.regs[VGPURegs.errStatus] = 1
+            s.regs[VGPURegs.errStatus] |= VGPURegs.errStatusRejected
             s.regs[VGPURegs.errEngine] = UInt32(i)
             s.regs[VGPURegs.errReason] = r.reason.rawValue
             s.regs[VGPURegs.errOpcode] = r.header
@@ -115,6 +118,7 @@ extension VGPU {
         }
         guard let newly else { return }
         rejections.add(1, ordering: .relaxed)
+        trace?.instant("rejected", vgpu: id, engine: e, args: [("reason", "\(r.reason.rawValue)"), ("detail", r.detail)])
         log.log(.warning, "rejected \(e) submission", "vgpu\(id): rejected \(e) submission: \(r)")
         if newly != 0 { signalInterrupt() }
     }
@@ -207,13 +211,26 @@ extension VGPU {
         let started = pass.withLock { onEngine -> Bool in
             guard isRunning, state.withLock({ $0.engines[e.rawValue].generation }) == generation else { return false }
             engine.configureRing(start: UInt32(arena.gm), pages: Int(arena.ringBytes / 4096))
+            let now = ContinuousClock.now
+            state.withLock { s in
+                s.engines[e.rawValue].running = RunningPass(
+                    generation: generation, ringStarts: placement.offsets.map { $0[0] }, numbers: group.map(\.number),
+                    guestCommands: group.map { UInt64($0.start) + UInt64($0.head) }, guestHeads: group.map(\.head),
+                    current: 0, since: now)
+            }
             gpu.submit(e, tail: UInt32(placement.ringTail))
             onEngine = true
             return true
         }
+        var t1 = t0
         if started {
+            host.watchdog.notify()
             outcome = engine.waitIdle(timeout: 60)
-            pass.withLock { $0 = false }
+            t1 = ContinuousClock.now
+            pass.withLock { onEngine in
+                onEngine = false
+                state.withLock { $0.engines[e.rawValue].running = nil }
+            }
             if case .idle = outcome {} else { engine.reset() }
             userEvents = gpu.interrupts.eventCount(Interrupt.user(e)) &- userBefore
             executed = engine.commandsExecuted &- countBefore
@@ -237,11 +254,16 @@ extension VGPU {
 
         var bits: UInt32 = 0
         var failed: (error: EngineError, command: UInt64, address: UInt64)? = nil
+        var reason = GPUTrace.SwitchReason.completed
         let newly = state.withLock { s -> UInt32 in
             let i = e.rawValue
             s.engines[i].executing = false
-            // Cancelled or aborted by a RESET or shutdown: the engine's state is already as after reset.
-            guard started, s.engines[i].generation == generation else { return 0 }
+            // Cancelled or aborted by a RESET, a hang or shutdown: the engine's state is already as after reset.
+            guard started, s.engines[i].generation == generation else {
+                reason = s.hangAborted[i] == generation ? .hang : .aborted
+                return 0
+            }
+            if case .idle = outcome {} else { reason = .fault }
             var completed = group.count
             switch outcome {
             case .idle:
@@ -277,6 +299,10 @@ extension VGPU {
                 }
             }
             return s.interrupts.latch(bits)   // with the state it reports (see `VirtualInterrupts`)
+        }
+        if started, let trace {
+            trace.turn(engine: e, vgpu: id, submission: group[0].number, start: t0, end: t1, reason: reason,
+                       args: [("submissions", "\(group.count)")])
         }
         if let f = failed {
             let command = String(f.command, radix: 16), address = String(f.address, radix: 16)
