@@ -15,12 +15,15 @@ func runVM(_ request: RunRequest) -> Never {
         h.logLevel = level
         return h
     }
+    if let ms = request.hangLimitMilliseconds { GPUHost.shared.hangLimit = .milliseconds(ms) }
+    var vgpuOptions = VGPUOptions(screenshotPath: request.screenshot, type: request.vgpuType)
+    vgpuOptions.tracePath = request.tracePath
     var config = request.configuration()
     if request.serial == .stdio { config.serialInputFromStdin = isatty(0) != 0 }
     let vm: VirtualMachine
     do {
         vm = try VirtualMachine(image: request.bootImage, configuration: config,
-                                vgpu: request.display == .vgpu ? VGPUOptions(screenshotPath: request.screenshot, type: request.vgpuType) : nil,
+                                vgpu: request.display == .vgpu ? vgpuOptions : nil,
                                 bochs: request.display == .bochs ? BochsOptions(screenshotPath: request.screenshot) : nil,
                                 vnc: request.vnc.map { VNCOptions(host: $0.host, port: $0.port) })
     } catch let e as KVMUnavailable {
@@ -41,6 +44,7 @@ func runVM(_ request: RunRequest) -> Never {
         fail("cannot create the VM: \(error)", status: CLIStatus.hostError)
     }
     TerminationSignals.register(vm)
+    if let v = vm.vgpu, let trace = v.trace { trace.nameVGPU(v.id, request.image.map { String($0.split(separator: "/").last ?? "") } ?? "demo") }
     if let server = vm.vnc { writeStderr("minivisor: VNC server listening on \(server.host):\(server.port)\n") }
     // The VM is built: only now are output files created or truncated.
     do { try vm.openOutputs() } catch { fail("\(error)", status: CLIStatus.usage) }
@@ -66,6 +70,9 @@ func runVM(_ request: RunRequest) -> Never {
     if let error = vm.screenshotError {
         fail("\(error); exit status \(CLIStatus.hostError) instead of \(reason.exitStatus) (\(reason))", status: CLIStatus.hostError)
     }
+    if let error = vm.traceError {
+        fail("\(error); exit status \(CLIStatus.hostError) instead of \(reason.exitStatus) (\(reason))", status: CLIStatus.hostError)
+    }
     Glibc.exit(reason.exitStatus)
 }
 
@@ -78,6 +85,13 @@ func runGroup(_ request: RunRequest) -> Never {
     case .failure(let e): fail(e.message, status: e.status)
     case .success(let f): file = f
     }
+    if request.tracePath != nil && file.trace != nil {
+        fail("--trace and the file's \"trace\" both name a trace: give one of them", status: CLIStatus.usage)
+    }
+    if request.hangLimitMilliseconds != nil && file.hangLimitMilliseconds != nil {
+        fail("--hang-limit and the file's \"hang_limit_ms\" both set the limit: give one of them", status: CLIStatus.usage)
+    }
+    if let ms = request.hangLimitMilliseconds ?? file.hangLimitMilliseconds { GPUHost.shared.hangLimit = .milliseconds(ms) }
     if kvmDeviceProblem(request) { fail("MINIVISOR_KVM_DEVICE \(quoted(request.kvmDevicePath)) is not a character device: unset it or point it at /dev/kvm", status: CLIStatus.usage) }
     TerminationSignals.start(seccomp: request.seccomp)
     let level = request.logLevel
@@ -88,7 +102,7 @@ func runGroup(_ request: RunRequest) -> Never {
     }
     let group: VMGroup
     do {
-        group = try VMGroup(request.members(of: file))
+        group = try VMGroup(request.members(of: file), tracePath: request.tracePath ?? file.trace)
     } catch let e as VMGroup.GroupError {
         if case .vm(_, let underlying) = e, !isConfigurationError(underlying) {
             fail("cannot create the VMs: \(e)", status: CLIStatus.hostError)
@@ -111,6 +125,10 @@ func runGroup(_ request: RunRequest) -> Never {
         if let e = o.screenshotError { line += "; \(e)" }
         writeStderr(line + "\n")
         if status == 0 { status = o.exitStatus }
+    }
+    if let e = group.traceError {
+        writeStderr("minivisor: \(e); exit status \(CLIStatus.hostError)\n")
+        status = CLIStatus.hostError
     }
     Glibc.exit(status)
 }

@@ -31,7 +31,7 @@ public protocol WatchdogClient: AnyObject, Sendable {
 }
 
 /// The GPU's watchdog (one per `GPUHost`): finds a client whose one submission has held a physical engine
-/// longer than `limit` (default 500 ms) and tells that client to reset itself (`WatchdogClient.hung`);
+/// longer than `limit` (default 500 ms, `defaultLimit`) and tells that client to reset itself (`WatchdogClient.hung`);
 /// the other clients' work is not touched. docs/vgpu.md section 4 ("Hangs") describes what the guest sees.
 ///
 /// Threads and ownership:
@@ -44,8 +44,13 @@ public protocol WatchdogClient: AnyObject, Sendable {
 /// - a client may be asked once more right after `detach` returned: it must then decline;
 /// - `stop()` (GPUHost's deinit) ends the thread and waits for it.
 public final class GPUWatchdog: @unchecked Sendable {
-    /// The limit of a `GPUHost()`: one submission may hold an engine for this long.
+    /// The limit of a `GPUHost()`: one submission may hold an engine for this long. 500 ms; 10 s in debug
+    /// builds, whose software GPU computes some 30 times slower (the same work takes that much longer).
+    #if DEBUG
+    public static let defaultLimit: Duration = .seconds(10)
+    #else
     public static let defaultLimit: Duration = .milliseconds(500)
+    #endif
     /// The longest sleep between two looks while work is on an engine.
     public static let maximumTick: Duration = .milliseconds(10)
 
