@@ -8,35 +8,43 @@ import Synchronization
 extension VGPU {
     // MARK: the watchdog's side (WatchdogClient)
 
-    /// The submission of this vGPU's pass on engine `e`, found from the physical engine's HEAD (between
-    /// ring-level commands it names the submission the engine is in). A submission first seen now is taken
-    /// to have started now, so the watchdog never counts more than the submission really held the engine.
+    /// The submission of this vGPU's pass on engine `e` and the engine time its current ring-level command
+    /// (a command in the ring, or a batch with everything it chains to and calls) has had, found from the
+    /// physical engine's HEAD, which moves between ring-level commands: the engine thread's CPU time since
+    /// HEAD was first seen where it is (so neither a loaded host nor a late look makes it look longer than it
+    /// is). `since` is `now` minus that time.
     public func runningSubmission(on e: EngineID, now: ContinuousClock.Instant) -> RunningSubmission? {
         let i = e.rawValue
         guard isRunning, state.withLock({ $0.engines[i].running != nil }) else { return nil }
         let head = UInt64(host.gpu.readRegister(Reg.ringHead(e)))
+        let cpu = host.gpu.engine(e).workerCPUTime
         return state.withLock { s -> RunningSubmission? in
             guard var r = s.engines[i].running else { return nil }
-            if let k = r.ringStarts.lastIndex(where: { $0 <= head }), k > r.current {
+            if head != r.head, let k = r.ringStarts.lastIndex(where: { $0 <= head }) {
+                r.head = head
                 r.current = k
-                r.since = now
+                r.cpuAtCurrent = cpu
                 s.engines[i].running = r
             }
-            return RunningSubmission(submission: r.numbers[r.current], since: r.since, pass: r.generation)
+            let held = max(.zero, cpu - r.cpuAtCurrent)
+            return RunningSubmission(submission: r.numbers[r.current], since: now - held, pass: r.generation)
         }
     }
 
-    /// The watchdog found `submission` holding engine `e` past `limit`: resets this vGPU (both engines'
+    /// The watchdog found a ring-level command of `submission` holding engine `e` past `limit`: resets this vGPU (both engines'
     /// work and rings, as RESET of each), then says so in the error block (ERR_STATUS bit 1, ERR_REASON 13)
     /// and with the engine's hang interrupt. Nothing happens when that submission is no longer on the engine.
     public func hung(on e: EngineID, _ submission: RunningSubmission, limit: Duration, exceededAt: ContinuousClock.Instant) {
         let i = e.rawValue
         let detected = ContinuousClock.now
-        let found = state.withLock { s -> (command: UInt64, head: UInt32)? in
+        let found = state.withLock { s -> (command: UInt64, offset: UInt32)? in
             guard let p = s.engines[i].running, p.generation == submission.pass,
                   p.numbers[p.current] == submission.submission else { return nil }
             s.hangAborted[i] = p.generation
-            return (p.guestCommands[p.current], p.guestHeads[p.current])
+            // Where the guest wrote the ring-level command that hung (its ring wraps; the shadow does not).
+            let g = p.guestRings[p.current]
+            let offset = UInt32((UInt64(g.head) + (p.head - p.ringStarts[p.current])) % UInt64(max(g.bytes, 1)))
+            return (UInt64(g.start) + UInt64(offset), offset)
         }
         guard isRunning, let found else { return }
         for x in EngineID.allCases { abortEngineWork(x) }
@@ -49,7 +57,7 @@ extension VGPU {
             s.regs[VGPURegs.errReason] = VGPURegs.hangReason
             s.regs[VGPURegs.errOpcode] = 0
             s.regs[pair: VGPURegs.errCommandGM] = found.command
-            s.regs[VGPURegs.errOffset] = found.head
+            s.regs[VGPURegs.errOffset] = found.offset
             s.regs[VGPURegs.errLevel] = 0
             s.regs[pair: VGPURegs.errOperand] = heldMicros
             s.regs[VGPURegs.errHangCount] &+= 1

@@ -93,17 +93,19 @@ public final class VGPU: PCIFunction, BusDevice, PausableDevice, DispatchClient,
     }
 
     /// A pass on the physical engine, as the watchdog follows it: which of its submissions the engine is
-    /// in (from the physical HEAD) and since when.
+    /// in (from the physical HEAD) and how much engine time it has had (the engine thread's CPU time).
     struct RunningPass {
         var generation: UInt64
         /// Per submission: where its ring fragment starts in the physical ring, its number, and where the
-        /// guest wrote it (ring start + HEAD; HEAD).
+        /// guest wrote it (its ring's start and size, its HEAD).
         var ringStarts: [UInt64]
         var numbers: [UInt64]
-        var guestCommands: [UInt64]
-        var guestHeads: [UInt32]
+        var guestRings: [(start: UInt32, bytes: UInt32, head: UInt32)]
+        /// The physical HEAD last seen, and the submission it is in.
+        var head: UInt64 = 0
         var current: Int
-        var since: ContinuousClock.Instant
+        /// The engine thread's CPU time when HEAD was first seen where it is.
+        var cpuAtCurrent: Duration
     }
 
     struct State {
@@ -184,6 +186,11 @@ public final class VGPU: PCIFunction, BusDevice, PausableDevice, DispatchClient,
     /// Time the vGPU's passes held an engine (configure, run, wait), summed.
     let engineNanos = Atomic<UInt64>(0)
     public var engineBusy: Duration { .nanoseconds(Int64(engineNanos.load(ordering: .relaxed))) }
+
+    /// From the first doorbell the mediator handled to the last completed submission.
+    public var activeInterval: ClosedRange<ContinuousClock.Instant>? {
+        activity.withLock { a in a.first.flatMap { f in a.last.flatMap { f <= $0 ? f...$0 : nil } } }
+    }
 
     /// Wall time from the first doorbell the mediator handled to the last completed submission.
     public var activeWindow: Duration? {

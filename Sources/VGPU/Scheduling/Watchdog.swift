@@ -8,7 +8,7 @@ import Synchronization
 public struct RunningSubmission: Sendable, Equatable {
     /// The client's own number for the submission on that engine (1, 2, ...).
     public var submission: UInt64
-    /// When it started holding the engine (never earlier than it really did).
+    /// The look's time minus the engine time the submission has had so far (never more than it had).
     public var since: ContinuousClock.Instant
     /// Which pass it belongs to (the client's own tag; a late verdict for an older pass is ignored).
     public var pass: UInt64

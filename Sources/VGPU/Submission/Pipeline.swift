@@ -211,12 +211,11 @@ extension VGPU {
         let started = pass.withLock { onEngine -> Bool in
             guard isRunning, state.withLock({ $0.engines[e.rawValue].generation }) == generation else { return false }
             engine.configureRing(start: UInt32(arena.gm), pages: Int(arena.ringBytes / 4096))
-            let now = ContinuousClock.now
+            let cpu = engine.workerCPUTime
             state.withLock { s in
                 s.engines[e.rawValue].running = RunningPass(
                     generation: generation, ringStarts: placement.offsets.map { $0[0] }, numbers: group.map(\.number),
-                    guestCommands: group.map { UInt64($0.start) + UInt64($0.head) }, guestHeads: group.map(\.head),
-                    current: 0, since: now)
+                    guestRings: group.map { ($0.start, $0.ringBytes, $0.head) }, current: 0, cpuAtCurrent: cpu)
             }
             gpu.submit(e, tail: UInt32(placement.ringTail))
             onEngine = true
