@@ -32,7 +32,7 @@ const char *vgpu_reason_name(uint32_t r) {
         "register not allowed for command loads", "batch nesting deeper than two levels",
         "too many batches in one submission", "step budget exceeded", "invalid operand",
         "ring not programmed or outside the vGPU's graphics memory",
-        "guest memory behind a ring or batch is not readable",
+        "guest memory behind a ring or batch is not readable", "hang (the watchdog reset the vGPU)",
     };
     return r < MV_ARRAY_SIZE(names) ? names[r] : "(unknown reason)";
 }
@@ -875,6 +875,19 @@ int vgpu_engine_recover(struct vgpu *v, int e) {
     if (cpl() == 0) vgpu_irq_forget(v, VGPU_IRQ_REJECT(e) | VGPU_IRQ_ERROR(e));
     r->seq = *r->fence;        /* rejected submissions never complete; continue after what did */
     return vgpu_ring_program(v, e);
+}
+
+int vgpu_hang_recover(struct vgpu *v) {
+    vgpu_write(v, VGPU_REG_IIR, VGPU_IRQ_RCS_HANG | VGPU_IRQ_BCS_HANG);
+    if (cpl() == 0) vgpu_irq_forget(v, VGPU_IRQ_RCS_HANG | VGPU_IRQ_BCS_HANG);
+    vgpu_write(v, VGPU_ERR_STATUS, VGPU_ERR_STATUS_HANG);
+    for (int e = 0; e < 2; e++) {
+        struct vgpu_ring *r = &v->ring[e];
+        if (!r->ready) continue;
+        r->seq = *r->fence;        /* dropped submissions never complete; continue after what did */
+        if (vgpu_ring_program(v, e) != 0) return -1;
+    }
+    return 0;
 }
 
 /* ---------------------------------------------------------------- misc */

@@ -89,6 +89,9 @@
 #define VGPU_IRQ_ERROR(e)   ((e) ? VGPU_IRQ_BCS_ERROR : VGPU_IRQ_RCS_ERROR)
 #define VGPU_IRQ_IDLE(e)    ((e) ? VGPU_IRQ_BCS_IDLE : VGPU_IRQ_RCS_IDLE)
 #define VGPU_IRQ_REJECT(e)  ((e) ? VGPU_IRQ_BCS_REJECT : VGPU_IRQ_RCS_REJECT)
+#define VGPU_IRQ_RCS_HANG   (1u << 4)     /* vGPU: the watchdog found an RCS submission hung and reset the vGPU */
+#define VGPU_IRQ_BCS_HANG   (1u << 12)
+#define VGPU_IRQ_HANG(e)    ((e) ? VGPU_IRQ_BCS_HANG : VGPU_IRQ_RCS_HANG)
 /* Everything but vblank and the idle pulses. */
 #define VGPU_IRQ_DEFAULT (VGPU_IRQ_RCS_USER | VGPU_IRQ_RCS_ERROR | VGPU_IRQ_RCS_REJECT | VGPU_IRQ_BCS_USER | \
                           VGPU_IRQ_BCS_ERROR | VGPU_IRQ_BCS_REJECT | VGPU_IRQ_FLIP_DONE | VGPU_IRQ_CURSOR_FLIP_DONE)
@@ -124,6 +127,7 @@
 #define VGPU_PV_GM_SIZE        0x78030u
 #define VGPU_PV_SHARED_PAGE    0x78040u
 #define VGPU_PV_DOORBELL(e)    (0x78100u + 4u * (e))
+#define VGPU_PV_DEVICE_RESET   0x78108u      /* write 1: device-level reset (docs/vgpu.md section 4) */
 #define VGPU_PV_MAGIC_VALUE    0x5550474du   /* "MGPU" */
 #define VGPU_PV_VERSION_1_0    0x00010000u
 
@@ -136,6 +140,10 @@
 #define VGPU_ERR_LEVEL    0x79018u
 #define VGPU_ERR_OPERAND  0x7901cu
 #define VGPU_ERR_COUNT    0x79024u
+#define VGPU_ERR_OFFSET   0x79028u
+#define VGPU_ERR_HANG_COUNT 0x7902cu
+#define VGPU_ERR_STATUS_REJECTED (1u << 0)
+#define VGPU_ERR_STATUS_HANG     (1u << 1)
 
 /* ---- statistics block (docs/vgpu.md section 7): read-only counters, low 32 bits ---- */
 #define VGPU_STAT_BAD_ACCESS        0x7a000u
@@ -159,6 +167,7 @@ enum vgpu_reason {
     VGPU_REASON_INVALID_OPERAND = 10,
     VGPU_REASON_RING = 11,
     VGPU_REASON_UNREADABLE = 12,
+    VGPU_REASON_HANG = 13,            /* not a rejection: the watchdog reset the vGPU */
 };
 const char *vgpu_reason_name(uint32_t reason);
 
@@ -394,6 +403,9 @@ void vgpu_err_print(const struct vgpu *v, const struct vgpu_err *e);
 void vgpu_err_clear(const struct vgpu *v);                /* ERR_STATUS bit 0 is write-1-to-clear */
 /* Engine recovery after a rejection or an engine error: RESET, clear ERR_STATUS, reprogram the ring. */
 int vgpu_engine_recover(struct vgpu *v, int e);
+/* After a hang interrupt (VGPU_IRQ_HANG): the watchdog has reset the whole vGPU (both rings disabled). Clears
+ * the hang bits (IIR, ERR_STATUS) and programs every ring that was set up again (docs/vgpu.md section 4). */
+int vgpu_hang_recover(struct vgpu *v);
 
 /* ---- misc ---- */
 /* Make [phys, phys + size) identity-mapped (2 MiB pages, user accessible) if the boot map does not cover

@@ -14,9 +14,12 @@ import Synchronization
 /// be built (an image error, no room on the GPU) fails the whole group with `VMGroup.GroupError`, naming
 /// the VM; the VMs built before it are torn down.
 ///
+/// With `tracePath`, the vGPUs record into one `GPUTrace` (their tracks named after the VMs), written
+/// there when every VM has ended (docs/tracing.md).
+///
 /// Threads and ownership: `run()` (or `start()` then `wait()`) blocks the calling thread, which waits for
 /// the VMs one after another (each VM's vCPUs and devices run on their own threads meanwhile); `stop(_:)`
-/// may be called from any thread. The group holds no mutable state of its own.
+/// may be called from any thread. The group's only mutable state is the trace's write error (one Mutex).
 public final class VMGroup: Sendable {
     /// One VM of the group.
     public struct Member: Sendable {
@@ -62,12 +65,20 @@ public final class VMGroup: Sendable {
     }
 
     public let names: [String]
+    /// Every VM's inputs (outputs must never be one of them).
+    let allInputs: [InputFile]
     public let vms: [VirtualMachine]
     /// The GPU the members' vGPUs share.
     public let gpu: GPUHost
+    /// The scheduling events of every member's vGPU (with `tracePath`).
+    public let trace: GPUTrace?
+    let tracePath: String?
+    private let traceFailure = Mutex<OutputError?>(nil)
 
-    /// Builds every VM (nothing runs yet). Names must be unique and non-empty.
-    public init(_ members: [Member], gpu: GPUHost = .shared, logger: Logger = Logger(label: "minivisor")) throws {
+    /// Builds every VM (nothing runs yet). Names must be unique and non-empty. With `tracePath`, the GPU's
+    /// timeline is written there (Chrome trace event JSON) once every VM has ended.
+    public init(_ members: [Member], gpu: GPUHost = .shared, tracePath: String? = nil,
+                logger: Logger = Logger(label: "minivisor")) throws {
         var seen = Set<String>()
         for (i, m) in members.enumerated() {
             guard !m.name.isEmpty else { throw GroupError.unnamed(index: i) }
@@ -81,16 +92,24 @@ public final class VMGroup: Sendable {
             outputs += m.configuration.outputFiles
             if let p = m.vgpu?.screenshotPath { outputs.append(OutputFile(.screenshot, p)) }
         }
+        if let p = tracePath { outputs.append(OutputFile(.trace, p)) }
         try OutputFiles.check(outputs: outputs, inputs: inputs)
         self.gpu = gpu
+        self.tracePath = tracePath
+        let trace = tracePath.map { _ in GPUTrace() }
+        self.trace = trace
+        allInputs = inputs
         names = members.map(\.name)
         var built: [VirtualMachine] = []
         for m in members {
             var options = m.vgpu
             options?.host = gpu
+            options?.trace = trace
+            options?.tracePath = nil   // the group writes the one trace
             do {
-                built.append(try VirtualMachine(image: m.image, configuration: m.configuration, vgpu: options,
-                                                logger: logger))
+                let vm = try VirtualMachine(image: m.image, configuration: m.configuration, vgpu: options, logger: logger)
+                if let trace, let v = vm.vgpu { trace.nameVGPU(v.id, m.name) }
+                built.append(vm)
             } catch {
                 for vm in built { vm.vgpu?.shutdown() }
                 throw GroupError.vm(name: m.name, underlying: error)
@@ -111,13 +130,20 @@ public final class VMGroup: Sendable {
         }
     }
 
-    /// Blocks until every VM has ended; the outcomes in the members' order.
+    /// Blocks until every VM has ended; the outcomes in the members' order. Then writes the trace.
     public func wait() -> [Outcome] {
-        zip(names, vms).map { name, vm in
+        let outcomes = zip(names, vms).map { name, vm in
             let reason = vm.wait()
             return Outcome(name: name, reason: reason, screenshotError: vm.screenshotError)
         }
+        if let trace, let path = tracePath {
+            do { try trace.write(to: path, refusing: allInputs) } catch { traceFailure.withLock { $0 = error } }
+        }
+        return outcomes
     }
+
+    /// Why the trace could not be written when the VMs ended; nil when it was (or none was asked for).
+    public var traceError: OutputError? { traceFailure.withLock { $0 } }
 
     /// `start()` then `wait()`; a VM that cannot start ends the group with every VM's outcome a host error.
     public func run() -> [Outcome] {

@@ -17,6 +17,12 @@ public struct VGPUOptions: Sendable {
     public var refreshRate: Double = 60
     /// The vGPU's type: its graphics-memory slices and scheduling weight.
     public var type: VGPUType = .default
+    /// Where the vGPU records its scheduling events (turns, rejections, resets, hangs); nil: nowhere unless
+    /// `tracePath` is set. `VMGroup` gives its VMs one trace.
+    public var trace: GPUTrace?
+    /// Where `VirtualMachine` writes the trace (docs/tracing.md) when the VM ends (a new `GPUTrace` when
+    /// `trace` is nil); checked like the other outputs when the VM is built.
+    public var tracePath: String?
     public init(host: GPUHost? = nil, screenshotPath: String? = nil, type: VGPUType = .default) {
         self.host = host
         self.screenshotPath = screenshotPath
@@ -89,6 +95,8 @@ public final class VirtualMachine: Sendable {
     /// The picture of the VM's display (the bochs display's or the vGPU's), for screenshots and VNC.
     let display: (@Sendable () -> Image)?
     let screenshotPath: String?
+    /// Where the vGPU's trace is written when the VM ends.
+    let tracePath: String?
     let logger: Logger
     /// Screenshot failures: the guest asks for screenshots (port 0xf5), so these lines are rate-limited.
     let screenshotLog: RateLimitedLog
@@ -97,6 +105,7 @@ public final class VirtualMachine: Sendable {
 
     private struct State {
         var screenshotError: PNGWriter.WriteError?
+        var traceError: OutputError?
     }
     private let state = Mutex(State())
 
@@ -111,6 +120,7 @@ public final class VirtualMachine: Sendable {
         let inputs = configuration.inputFiles(image: image)
         var outputs = configuration.outputFiles
         if let p = options?.screenshotPath ?? bochsOptions?.screenshotPath { outputs.append(OutputFile(.screenshot, p)) }
+        if let p = options?.tracePath { outputs.append(OutputFile(.trace, p)) }
         try OutputFiles.check(outputs: outputs, inputs: inputs)
         self.inputs = inputs
         machine = try Machine(configuration: configuration, image: image, logger: logger)
@@ -118,8 +128,11 @@ public final class VirtualMachine: Sendable {
         let screenshotLog = RateLimitedLog(logger: logger, source: "screenshot")
         self.screenshotLog = screenshotLog
         screenshotPath = options?.screenshotPath ?? bochsOptions?.screenshotPath
+        tracePath = options?.tracePath
+        let trace = options?.trace ?? (options?.tracePath != nil ? GPUTrace() : nil)
         if let o = options {
-            let v = try VGPU(context: machine, host: o.host ?? GPUHost.shared, type: o.type, refreshRate: o.refreshRate, logger: logger)
+            let v = try VGPU(context: machine, host: o.host ?? GPUHost.shared, type: o.type, refreshRate: o.refreshRate,
+                             trace: trace, logger: logger)
             vgpu = v
             bochs = nil
             display = { [weak v] in v?.scanout() ?? Image(width: 0, height: 0, pixels: []) }
@@ -197,9 +210,15 @@ public final class VirtualMachine: Sendable {
             }
         }
         vgpu?.shutdown()
+        if let path = tracePath, let trace = vgpu?.trace {
+            do { try trace.write(to: path, refusing: inputs) } catch { state.withLock { $0.traceError = error } }
+        }
         screenshotLog.flush()
         return reason
     }
+
+    /// Why the trace (`VGPUOptions.tracePath`) could not be written at the end; nil when it was.
+    public var traceError: OutputError? { state.withLock { $0.traceError } }
 
     /// Why the screenshot at the end of `run()` could not be written; nil when it was written or not taken.
     public var screenshotError: PNGWriter.WriteError? { state.withLock { $0.screenshotError } }

@@ -72,6 +72,37 @@ public enum VGPUBenchmark {
         return GuestRun(serialOutput: out, window: vm.vgpu?.activeWindow, engineBusy: vm.vgpu?.engineBusy ?? .zero)
     }
 
+    /// One round of the hang benchmark: the victim (e.g. vgpu_victim, with `victimCmdline`) alone on a
+    /// fresh GPU, then beside vgpu_hang on another, both with the watchdog at `limit`. Returns the victim's
+    /// GPU work window (first doorbell to last completion) each time, the hang's time from passing the limit
+    /// to the reset, and whether the hang fell inside the victim's window (else the round measured nothing).
+    public static func hangRound(victim: String, victimCmdline: String, hang: String, limit: Duration) throws
+        -> (alone: Double, beside: Double, timeToReset: Double, overlapped: Bool) {
+        func member(_ name: String, _ image: String, _ cmdline: String) -> VMGroup.Member {
+            var c = MachineConfiguration()
+            c.memoryBytes = 256 << 20
+            c.cmdline = cmdline
+            c.timeout = .seconds(300)
+            c.serialOutput = .none
+            return VMGroup.Member(name: name, image: .file(image), configuration: c, vgpu: VGPUOptions())
+        }
+        func run(_ members: [VMGroup.Member]) throws -> VMGroup {
+            let group = try VMGroup(members, gpu: GPUHost(hangLimit: limit))
+            for o in group.run() where o.reason != .powerOff {
+                throw BenchError.unexpected("\(o.name) ended with \(o.reason) in the hang benchmark")
+            }
+            return group
+        }
+        let alone = try run([member("victim", victim, victimCmdline)])
+        guard let a = alone.vms[0].vgpu?.activeWindow else { throw BenchError.unexpected("the victim submitted nothing") }
+        let beside = try run([member("victim", victim, victimCmdline), member("hang", hang, "")])
+        guard let v = beside.vms[0].vgpu, let b = v.activeWindow, let span = v.activeInterval,
+              let report = beside.vms[1].vgpu?.hangReports.first else {
+            throw BenchError.unexpected("the hang guest was not reset (or the victim submitted nothing)")
+        }
+        return (seconds(a), seconds(b), seconds(report.timeToReset), span.contains(report.started) && span.contains(report.resetDone))
+    }
+
     public static func seconds(_ d: Duration) -> Double {
         Double(d.components.seconds) + Double(d.components.attoseconds) / 1e18
     }

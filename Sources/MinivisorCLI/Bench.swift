@@ -135,6 +135,36 @@ struct BenchRunner {
         let fn = Spread(flNative).median, fm = Spread(flMediated).median
         print("  \(fills) 16x16 fills built in guest ring 3, \(batch) per batch (TAIL doorbell), medians of \(flNative.count): native \(fixed(fn * 1000, 1)) ms, through the mediator \(fixed(fm * 1000, 1)) ms (engine busy \(fixed(Spread(flBusy).median * 1000, 1)) ms of it)")
         print("    native/mediated \(Spread(zip(flNative, flMediated).map { $0 / $1 }).text(3)) (target >= 0.80)")
+
+        try hangBenchmark()
+    }
+
+    /// The victim's slowdown while a neighbour hangs and is reset, and the time from the hang to the reset.
+    func hangBenchmark() throws {
+        let hang = guests + "/vgpu_hang.elf"
+        guard access(hang, R_OK) == 0 else {
+            print("vGPU hang recovery: skipped, \(hang) is missing (build the guests: make -C Guests)")
+            return
+        }
+        let limit = 100, rounds1 = 1000
+        var slowdowns: [Double] = [], resets: [Double] = [], alone: [Double] = [], missed = 0
+        for _ in 0..<min(max(rounds, 1), 5) {
+            let r = try VGPUBenchmark.hangRound(victim: guests + "/vgpu_victim.elf", victimCmdline: "rounds=\(rounds1)",
+                                                hang: hang, limit: .milliseconds(Int64(limit)))
+            resets.append(r.timeToReset * 1000)
+            guard r.overlapped else { missed += 1; continue }
+            alone.append(r.alone)
+            slowdowns.append(r.beside / r.alone - 1)
+        }
+        print("vGPU hang recovery (watchdog limit \(limit) ms; victim: vgpu_victim, \(rounds1) rounds of SAXPY, blits and checks, beside vgpu_hang):")
+        print("  time from the hang passing the limit to the vGPU reset \(Spread(resets).text(1)) ms (target <= 100 ms)")
+        if slowdowns.isEmpty {
+            print("  victim's slowdown: no round had the hang inside the victim's work")
+        } else {
+            print("  victim's slowdown beside the hang and its reset, median of \(slowdowns.count) interleaved pairs: "
+                  + "\(fixed(Spread(slowdowns).median * 100, 1)) % (victim alone \(fixed(Spread(alone).median * 1000, 0)) ms; "
+                  + "the hang holds the engine for the \(limit) ms limit once) (target <= 10 %)\(missed > 0 ? "; \(missed) round(s) without overlap left out" : "")")
+        }
     }
 
     func selfExecutable() -> String {

@@ -11,6 +11,9 @@ func runVM(_ request: RunRequest) -> Never {
     TerminationSignals.start(seccomp: request.seccomp)
     bootstrapLogging(request.logLevel)
     if let k = request.gpuScheduler { GPUHost.shared.setScheduler(k) }
+    if let ms = request.hangLimitMilliseconds { GPUHost.shared.hangLimit = .milliseconds(ms) }
+    var vgpuOptions = VGPUOptions(screenshotPath: request.screenshot, type: request.vgpuType)
+    vgpuOptions.tracePath = request.tracePath
     var config = request.configuration()
     // COM1 input: a terminal, or a pipe or file on stdin (not /dev/null or another device).
     if request.serial == .stdio {
@@ -21,7 +24,7 @@ func runVM(_ request: RunRequest) -> Never {
     let vm: VirtualMachine
     do {
         vm = try VirtualMachine(image: request.bootImage, configuration: config,
-                                vgpu: request.display == .vgpu ? VGPUOptions(screenshotPath: request.screenshot, type: request.vgpuType) : nil,
+                                vgpu: request.display == .vgpu ? vgpuOptions : nil,
                                 bochs: request.display == .bochs ? BochsOptions(screenshotPath: request.screenshot) : nil,
                                 vnc: request.vnc.map { VNCOptions(host: $0.host, port: $0.port) })
     } catch let e as KVMUnavailable {
@@ -43,6 +46,7 @@ func runVM(_ request: RunRequest) -> Never {
     }
     TerminationSignals.register(vm)
     for line in vm.machine.bootPlan?.log ?? [] { writeStderr("minivisor: \(line)\n") }
+    if let v = vm.vgpu, let trace = v.trace { trace.nameVGPU(v.id, request.image.map { String($0.split(separator: "/").last ?? "") } ?? "demo") }
     if let server = vm.vnc { writeStderr("minivisor: VNC server listening on \(server.host):\(server.port)\n") }
     // The VM is built: only now are output files created or truncated.
     do { try vm.openOutputs() } catch { fail("\(error)", status: CLIStatus.usage) }
@@ -73,6 +77,9 @@ func runVM(_ request: RunRequest) -> Never {
     if let error = vm.screenshotError {
         fail("\(error); exit status \(CLIStatus.hostError) instead of \(reason.exitStatus) (\(reason))", status: CLIStatus.hostError)
     }
+    if let error = vm.traceError {
+        fail("\(error); exit status \(CLIStatus.hostError) instead of \(reason.exitStatus) (\(reason))", status: CLIStatus.hostError)
+    }
     Glibc.exit(reason.exitStatus)
 }
 
@@ -85,6 +92,13 @@ func runGroup(_ request: RunRequest) -> Never {
     case .failure(let e): fail(e.message, status: e.status)
     case .success(let f): file = f
     }
+    if request.tracePath != nil && file.trace != nil {
+        fail("--trace and the file's \"trace\" both name a trace: give one of them", status: CLIStatus.usage)
+    }
+    if request.hangLimitMilliseconds != nil && file.hangLimitMilliseconds != nil {
+        fail("--hang-limit and the file's \"hang_limit_ms\" both set the limit: give one of them", status: CLIStatus.usage)
+    }
+    if let ms = request.hangLimitMilliseconds ?? file.hangLimitMilliseconds { GPUHost.shared.hangLimit = .milliseconds(ms) }
     if kvmDeviceProblem(request) { fail("MINIVISOR_KVM_DEVICE \(quoted(request.kvmDevicePath)) is not a character device: unset it or point it at /dev/kvm", status: CLIStatus.usage) }
     TerminationSignals.start(seccomp: request.seccomp)
     bootstrapLogging(request.logLevel)
@@ -92,7 +106,7 @@ func runGroup(_ request: RunRequest) -> Never {
     GPUHost.shared.setScheduler(request.gpuScheduler ?? file.scheduler ?? .default)
     let group: VMGroup
     do {
-        group = try VMGroup(request.members(of: file))
+        group = try VMGroup(request.members(of: file), tracePath: request.tracePath ?? file.trace)
     } catch let e as VMGroup.GroupError {
         if case .vm(_, let underlying) = e, !isConfigurationError(underlying) {
             fail("cannot create the VMs: \(e)", status: CLIStatus.hostError)
@@ -115,6 +129,10 @@ func runGroup(_ request: RunRequest) -> Never {
         if let e = o.screenshotError { line += "; \(e)" }
         writeStderr(line + "\n")
         if status == 0 { status = o.exitStatus }
+    }
+    if let e = group.traceError {
+        writeStderr("minivisor: \(e); exit status \(CLIStatus.hostError)\n")
+        status = CLIStatus.hostError
     }
     Glibc.exit(status)
 }

@@ -79,6 +79,13 @@ struct Run: ParsableCommand {
     @Option(help: "Run the VMs a JSON file describes, in this process, sharing one GPU (docs/config.md); no IMAGE then. Flags given with it (--timeout, --log-level, --no-seccomp) apply to every VM.")
     var config: String?
 
+    @Option(help: "With --vgpu or --config: write the GPU scheduler's timeline (Chrome trace event JSON, opens in Perfetto; docs/tracing.md) to PATH, a regular file, when the VMs end.")
+    var trace: String?
+
+    @Option(name: .customLong("hang-limit"), parsing: .unconditional,
+            help: "GPU watchdog: a vGPU whose one submission holds an engine longer than this many milliseconds (10 to 600000; default 500) is reset (docs/vgpu.md section 4).")
+    var hangLimit: String?
+
     @Option(help: "The guest's display: none, vgpu (the mediated vGPU, as --vgpu) or bochs (a bochs-display PCI 1234:1111 that Linux's bochs DRM driver drives, see docs/bochs-display.md).")
     var display: String = "none"
 

@@ -31,6 +31,10 @@ public struct ConfigFile: Equatable, Sendable {
     public var vms: [VMDescription]
     /// "gpu": {"scheduler": ...}; nil when the file does not say.
     public var scheduler: SchedulerKind? = nil
+    /// "trace": where the GPU scheduler's timeline goes (as --trace).
+    public var trace: String? = nil
+    /// "hang_limit_ms": the GPU watchdog's limit (as --hang-limit).
+    public var hangLimitMilliseconds: Int? = nil
 
     /// Reads and checks `path`: a regular file of at most 1 MiB, opened without blocking.
     public static func load(path: String) -> Result<ConfigFile, CLIError> {
@@ -138,8 +142,8 @@ private struct ConfigChecker {
         guard case .object(let top) = root else {
             throw CLIError("configuration file \(quoted(file)) holds \(root.kind), not an object: write {\"vms\": [{\"name\": \"a\", \"image\": \"guest.elf\"}]} (docs/config.md)")
         }
-        for k in top.keys.sorted() where k != "vms" && k != "gpu" {
-            throw fail(quoted(k), "is not a field of the file: the file has the fields \"vms\" and \"gpu\" (docs/config.md)")
+        for k in top.keys.sorted() where !["vms", "gpu", "trace", "hang_limit_ms"].contains(k) {
+            throw fail(quoted(k), "is not a field of the file: use \"vms\", \"gpu\", \"trace\" or \"hang_limit_ms\" (docs/config.md)")
         }
         var scheduler: SchedulerKind? = nil
         if let g = top["gpu"] {
@@ -154,6 +158,15 @@ private struct ConfigChecker {
                 }
                 scheduler = k
             }
+        }
+        var trace: String? = nil
+        if let v = top["trace"] {
+            let t = try string(v, "trace", example: "\"trace\": \"gpu.json\"")
+            guard !t.isEmpty else { throw fail("trace", "is empty: give a JSON file name, e.g. \"trace\": \"gpu.json\"") }
+            trace = t
+        }
+        let hangLimit = try top["hang_limit_ms"].map { v throws(CLIError) in
+            try integer(v, "hang_limit_ms", range: 10...600_000, example: "\"hang_limit_ms\": 500")
         }
         guard let vmsValue = top["vms"] else {
             throw CLIError("configuration file \(quoted(file)) has no \"vms\": list the VMs, e.g. {\"vms\": [{\"name\": \"a\", \"image\": \"guest.elf\"}]}")
@@ -173,7 +186,7 @@ private struct ConfigChecker {
             names[vm.name] = i
             vms.append(vm)
         }
-        return ConfigFile(vms: vms, scheduler: scheduler)
+        return ConfigFile(vms: vms, scheduler: scheduler, trace: trace, hangLimitMilliseconds: hangLimit)
     }
 
     static let fields = ["name", "image", "cmdline", "modules", "memory", "cpus", "vgpu", "serial", "screenshot", "timeout", "pit"]

@@ -75,6 +75,10 @@ public struct RunRequest: Equatable, Sendable {
     public var configFile: String? = nil
     /// --gpu-scheduler (nil: not given; the configuration file's, else the default).
     public var gpuScheduler: SchedulerKind? = nil
+    /// --trace PATH: where the GPU scheduler's timeline goes.
+    public var tracePath: String? = nil
+    /// --hang-limit MS: the GPU watchdog's limit in milliseconds (nil: the default, 500).
+    public var hangLimitMilliseconds: Int? = nil
 
     /// The timeout as a Duration (whole milliseconds; the range check keeps it far from overflow).
     public var timeout: Duration? {
@@ -111,6 +115,7 @@ public struct RunRequest: Equatable, Sendable {
         let config = configuration()
         var outputs = config.outputFiles
         if let s = screenshot { outputs.append(OutputFile(.screenshot, s)) }
+        if let t = tracePath { outputs.append(OutputFile(.trace, t)) }
         do { try OutputFiles.check(outputs: outputs, inputs: config.inputFiles(image: bootImage)) } catch {
             return CLIError(error.description)
         }
@@ -287,6 +292,11 @@ extension Run {
             guard displayChoice == .vgpu || config != nil else { throw CLIError("--gpu-scheduler needs a vGPU: add --vgpu (or run VMs with --config)") }
             scheduler = k
         }
+        if let t = trace {
+            guard !t.isEmpty else { throw CLIError("--trace needs a path: give a JSON file name, e.g. --trace gpu.json") }
+            guard displayChoice == .vgpu || config != nil else { throw CLIError("--trace records the GPU's scheduling: add --vgpu (or run VMs with --config)") }
+        }
+        let hangLimitMs = try hangLimit.map { h throws(CLIError) in try wholeNumber(h, flag: "--hang-limit", range: 10...600_000, example: "500") }
         if let c = config {
             guard !c.isEmpty else { throw CLIError("--config needs a path: give a JSON file, e.g. --config vms.json") }
             let alone = [("an IMAGE", image != nil), ("--vgpu", vgpu), ("--screenshot", screenshot != nil),
@@ -302,7 +312,7 @@ extension Run {
         return RunRequest(image: image, memoryBytes: memoryBytes, cpus: cpus, cmdline: commandLine, serial: serialChoice,
                           modules: modules, initrd: initrd, timeoutSeconds: seconds, display: displayChoice, vgpuType: type, screenshot: screenshot, vnc: vncAddress,
                           pit: pitMode, logLevel: level, kvmDevicePath: kvm, seccomp: !noSeccomp, gdbPort: gdbPort, gdbWait: gdbWait,
-                          configFile: config, gpuScheduler: scheduler)
+                          configFile: config, gpuScheduler: scheduler, tracePath: trace, hangLimitMilliseconds: hangLimitMs)
     }
 }
 

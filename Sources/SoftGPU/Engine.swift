@@ -231,6 +231,16 @@ public final class Engine: @unchecked Sendable {
     private var hasWork: Bool { ringEnabled && error == nil && suspended == nil && (head != tail || resumeFrom != nil) }
     private var idleLocked: Bool { !busy && !resetPending && !hasWork }
 
+    /// CPU time the engine's worker thread has used so far: the time the engine spent working (on a loaded
+    /// host, unlike wall time, it does not grow while the thread waits for a CPU). Zero once stopped.
+    public var workerCPUTime: Duration {
+        guard let t = monitor.withLock({ worker }) else { return .zero }
+        var clock = clockid_t()
+        var ts = timespec()
+        guard pthread_getcpuclockid(t, &clock) == 0, clock_gettime(clock, &ts) == 0 else { return .zero }
+        return .seconds(ts.tv_sec) + .nanoseconds(ts.tv_nsec)
+    }
+
     /// Enables access tracing (diagnostics); set while the engine is idle. nil turns it off.
     public func setTracer(_ t: AccessTracer?) { monitor.withLock { tracerSlot = t } }
 

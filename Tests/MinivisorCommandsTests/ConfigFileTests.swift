@@ -103,6 +103,21 @@ struct ConfigFileTests {
         #expect(refusal(many).contains("more than \(ConfigFile.maximumVMs)"))
     }
 
+    @Test func traceAndHangLimitAreTopLevelFields() throws {
+        let c = try parse(#"{"trace": "gpu.json", "hang_limit_ms": 100, "vms": [{"name": "a"}]}"#).get()
+        #expect(c.trace == "gpu.json" && c.hangLimitMilliseconds == 100)
+        #expect(refusal(#"{"hang_limit_ms": 5, "vms": [{"name": "a"}]}"#).contains("hang_limit_ms"))
+        #expect(refusal(#"{"hang_limit_ms": "fast", "vms": [{"name": "a"}]}"#).contains("hang_limit_ms"))
+        #expect(refusal(#"{"trace": "", "vms": [{"name": "a"}]}"#).contains("trace"))
+        #expect(refusal(#"{"trace": 3, "vms": [{"name": "a"}]}"#).contains("trace"))
+        #expect(refusal(#"{"traces": "x", "vms": [{"name": "a"}]}"#).contains("\"vms\", \"trace\" or \"hang_limit_ms\""))
+        let run = try #require(try? parseArguments(["run", "--vgpu", "--trace", "t.json", "--hang-limit", "100", "g.elf"]).get())
+        guard case .run(let r) = run else { Issue.record("not a run"); return }
+        #expect(r.tracePath == "t.json" && r.hangLimitMilliseconds == 100)
+        #expect(throws: CLIError.self) { try parseArguments(["run", "--hang-limit", "0", "--vgpu", "g.elf"]).get() }
+        #expect(throws: CLIError.self) { try parseArguments(["run", "--trace", "t.json", "g.elf"]).get() }
+    }
+
     @Test func arbitraryBytesNeverTrap() {
         var rng = SystemRandomNumberGenerator()
         let seed = Array("{\"vms\": [{\"name\": \"a\", \"memory\": \"64M\", \"cpus\": 2, \"vgpu\": \"small\"}]}".utf8)

@@ -15,10 +15,10 @@ final class Rig {
     let host: GPUHost
     var nextPage: UInt64 = 0x200000   // guest RAM handed out for rings and surfaces
 
-    init(host: GPUHost = GPUHost()) throws {
+    init(host: GPUHost = GPUHost(), trace: GPUTrace? = nil) throws {
         context = try FakeDeviceContext()
         self.host = host
-        vgpu = try VGPU(context: context, host: host)
+        vgpu = try VGPU(context: context, host: host, trace: trace)
         configWrite(4, size: 2, 0x6)   // memory decode + bus master
     }
 

@@ -87,7 +87,9 @@ struct VGPUSeamTests {
     @Test func theVGPURegistersItselfAsPausableAndEntersTheDeviceSandbox() throws {
         let rig = try Rig()
         #expect(rig.context.recorded.withLock { $0.pausable.contains { $0 === rig.vgpu } })
-        #expect(rig.waitFor(seconds: 5) { rig.context.recorded.withLock { $0.sandboxedThreads.count } == 3 })
+        // The mediator, the GPU's two engine dispatchers and its watchdog.
+        #expect(rig.waitFor(seconds: 5) { rig.context.recorded.withLock { $0.sandboxedThreads.count } == 4 })
+        #expect(rig.context.recorded.withLock { $0.sandboxedThreads }.contains { $0.hasSuffix("-watchdog") })
         // The PV doorbells are ioeventfds at BAR0 + the doorbell offsets, put there by the PCI bus.
         let bar0 = try #require(rig.vgpu.config.barAddress(0))
         #expect(rig.context.ioeventfd(at: bar0 + UInt64(VGPURegs.pvDoorbellRCS)) == rig.vgpu.doorbells[0].fd)

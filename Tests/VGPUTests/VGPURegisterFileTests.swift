@@ -243,8 +243,9 @@ struct VGPURegisterFileTests {
         }
         t[VGPURegs.pvSharedPage] = .emulated; t[VGPURegs.pvSharedPage + 4] = .emulated
         t[VGPURegs.pvDoorbellRCS] = .emulated; t[VGPURegs.pvDoorbellBCS] = .emulated
+        t[VGPURegs.pvDeviceReset] = .emulated   // added with the watchdog (issue 8)
         t[VGPURegs.errStatus] = .emulated
-        for r in stride(from: VGPURegs.errEngine, through: VGPURegs.errOffset, by: 4) { t[r] = .readOnly }
+        for r in stride(from: VGPURegs.errEngine, through: VGPURegs.errHangCount, by: 4) { t[r] = .readOnly }
         for r in VGPURegs.statBlock where r % 4 == 0 { t[r] = .readOnly }
         #expect(RegisterPolicy.table == t)
     }
@@ -293,10 +294,11 @@ struct VGPURegisterFileTests {
             "PV_APERTURE_BASE": VGPURegs.pvApertureBase, "PV_APERTURE_SIZE": VGPURegs.pvApertureSize,
             "PV_HIDDEN_BASE": VGPURegs.pvHiddenBase, "PV_HIDDEN_SIZE": VGPURegs.pvHiddenSize, "PV_GM_SIZE": VGPURegs.pvGMSize,
             "PV_SHARED_PAGE": VGPURegs.pvSharedPage, "PV_DOORBELL_RCS": VGPURegs.pvDoorbellRCS,
-            "PV_DOORBELL_BCS": VGPURegs.pvDoorbellBCS,
+            "PV_DOORBELL_BCS": VGPURegs.pvDoorbellBCS, "PV_DEVICE_RESET": VGPURegs.pvDeviceReset,
             "ERR_STATUS": VGPURegs.errStatus, "ERR_ENGINE": VGPURegs.errEngine, "ERR_REASON": VGPURegs.errReason,
             "ERR_OPCODE": VGPURegs.errOpcode, "ERR_CMD_GM": VGPURegs.errCommandGM, "ERR_LEVEL": VGPURegs.errLevel,
             "ERR_OPERAND": VGPURegs.errOperand, "ERR_COUNT": VGPURegs.errCount, "ERR_OFFSET": VGPURegs.errOffset,
+            "ERR_HANG_COUNT": VGPURegs.errHangCount,
             "VGPU_STAT_BAD_ACCESS": VGPURegs.statBadAccess, "VGPU_STAT_PRIVILEGED_WRITES": VGPURegs.statPrivilegedWrites,
             "VGPU_STAT_REFUSED_ADDRESS": VGPURegs.statRefusedAddress, "VGPU_STAT_GTT_REJECTED": VGPURegs.statGTTRejected,
             "VGPU_STAT_GTT_DROPPED": VGPURegs.statGTTDropped, "VGPU_STAT_SUBMISSIONS": VGPURegs.statSubmissions,

@@ -40,8 +40,13 @@ import Synchronization
 /// - each engine's `generation` (in `state`) counts its RESETs: a scan or pass that began before a RESET
 ///   sees a different generation when it ends and leaves no trace (no queue entry, HEAD, error or interrupt);
 /// - interrupts are latched in `state` with the change they report and delivered by `line`
-///   (`InterruptLine`: MSI, or INTA# under its own serialising lock) after the state lock is dropped.
-public final class VGPU: PCIFunction, BusDevice, PausableDevice, DispatchClient, @unchecked Sendable {
+///   (`InterruptLine`: MSI, or INTA# under its own serialising lock) after the state lock is dropped;
+/// - the GPU's watchdog thread (`GPUWatchdog`) asks `runningSubmission` which submission holds an engine
+///   (the pass in `EngineState.running`, set and cleared under `passes[e]`) and calls `hung`, which resets
+///   the whole vGPU as `PV_DEVICE_RESET` does for the engines (both engines' `abortEngineWork`), then fills
+///   the error block and raises the hang interrupt; a guest's `PV_DEVICE_RESET` runs on its vCPU thread;
+/// - `trace` (a `GPUTrace`, `--trace`) is written from whichever thread saw the event.
+public final class VGPU: PCIFunction, BusDevice, PausableDevice, DispatchClient, WatchdogClient, @unchecked Sendable {
     public static let vendorID: UInt16 = 0x4d56
     public static let deviceID: UInt16 = 0x0001
 
@@ -87,11 +92,33 @@ public final class VGPU: PCIFunction, BusDevice, PausableDevice, DispatchClient,
         var suspended: Pass? = nil
         /// RESETs (and shutdown) so far: work begun under an older generation is discarded.
         var generation: UInt64 = 0
+        /// The pass on the physical engine now (for the watchdog); nil when none.
+        var running: RunningPass? = nil
         var busy: Bool { executing || suspended != nil || !queue.isEmpty }
+    }
+
+    /// A pass on the physical engine, as the watchdog follows it: which of its submissions the engine is
+    /// in (from the physical HEAD) and how much engine time it has had (the engine thread's CPU time).
+    struct RunningPass {
+        var generation: UInt64
+        /// Per submission: where its ring fragment starts in the physical ring, its number, and where the
+        /// guest wrote it (its ring's start and size, its HEAD).
+        var ringStarts: [UInt64]
+        var numbers: [UInt64]
+        var guestRings: [(start: UInt32, bytes: UInt32, head: UInt32)]
+        /// The physical HEAD last seen, and the submission it is in.
+        var head: UInt64 = 0
+        var current: Int
+        /// The engine thread's CPU time when HEAD was first seen where it is.
+        var cpuAtCurrent: Duration
     }
 
     struct State {
         var engines = [EngineState(), EngineState()]
+        /// Per engine: submissions queued so far (their numbers), never reset.
+        var submitted: [UInt64] = [0, 0]
+        /// Per engine: the generation of the last pass the watchdog aborted (its turn ends as "hang").
+        var hangAborted: [UInt64?] = [nil, nil]
         /// Every register's value (the register file's flat storage), engine registers included.
         var regs = VGPURegisterFile.Storage()
         var interrupts = VirtualInterrupts()
@@ -137,6 +164,26 @@ public final class VGPU: PCIFunction, BusDevice, PausableDevice, DispatchClient,
     let refusedAddressWrites = Atomic<UInt64>(0)
     let submissions = Atomic<UInt64>(0)
     let rejections = Atomic<UInt64>(0)
+    let hangResets = Atomic<UInt64>(0)
+    let deviceResets = Atomic<UInt64>(0)
+
+    /// One watchdog reset of this vGPU, with its timing.
+    public struct HangReport: Sendable, Equatable {
+        public var engine: EngineID
+        /// This vGPU's number for the submission on that engine.
+        public var submission: UInt64
+        /// When the submission began holding the engine (as the watchdog saw it), when it passed the limit,
+        /// when the watchdog noticed, and when the engine had stopped the vGPU's work.
+        public var started, limitExceeded, detected, resetDone: ContinuousClock.Instant
+        /// From passing the limit to the engine being free again.
+        public var timeToReset: Duration { resetDone - limitExceeded }
+    }
+    /// The last 64 watchdog resets (oldest first).
+    public var hangReports: [HangReport] { hangLog.withLock { $0 } }
+    let hangLog = Mutex<[HangReport]>([])
+
+    /// Where scheduling events of this vGPU go (`--trace`); nil: nowhere.
+    public let trace: GPUTrace?
 
     /// When the first submission started being handled and the last one completed (for benchmarks).
     let activity = Mutex<(first: ContinuousClock.Instant?, last: ContinuousClock.Instant?)>((nil, nil))
@@ -144,6 +191,11 @@ public final class VGPU: PCIFunction, BusDevice, PausableDevice, DispatchClient,
     /// Time the vGPU's passes held an engine (configure, run, wait), summed.
     let engineNanos = Atomic<UInt64>(0)
     public var engineBusy: Duration { .nanoseconds(Int64(engineNanos.load(ordering: .relaxed))) }
+
+    /// From the first doorbell the mediator handled to the last completed submission.
+    public var activeInterval: ClosedRange<ContinuousClock.Instant>? {
+        activity.withLock { a in a.first.flatMap { f in a.last.flatMap { f <= $0 ? f...$0 : nil } } }
+    }
 
     /// Wall time from the first doorbell the mediator handled to the last completed submission.
     public var activeWindow: Duration? {
@@ -164,8 +216,9 @@ public final class VGPU: PCIFunction, BusDevice, PausableDevice, DispatchClient,
     /// number; the bus gives BAR0 and BAR2 addresses in the PCI MMIO window and routes INTA#), registers it
     /// as a pausable device, starts its mediator thread and attaches it to the GPU's engine dispatchers.
     public init(context: any DeviceContext, host: GPUHost, type: VGPUType = .default, slot: Int? = nil,
-                refreshRate: Double = 60, logger: Logger = Logger(label: "minivisor.vgpu")) throws {
+                refreshRate: Double = 60, trace: GPUTrace? = nil, logger: Logger = Logger(label: "minivisor.vgpu")) throws {
         self.context = context
+        self.trace = trace
         let memory = context.memory
         self.memory = memory
         self.host = host
@@ -261,6 +314,7 @@ public final class VGPU: PCIFunction, BusDevice, PausableDevice, DispatchClient,
     public func shutdown() {
         let wasRunning = lifecycle.withLock { r -> Bool in defer { r = false }; return r }
         guard wasRunning else { return }
+        host.watchdog.detach(self)
         for e in EngineID.allCases { abortEngineWork(e) }
         control.signal()
         if let t = mediatorThread { pthread_join(t, nil) }
@@ -411,7 +465,11 @@ public final class VGPU: PCIFunction, BusDevice, PausableDevice, DispatchClient,
         // whatever the guest changes after this doorbell cannot affect the submission.
         if let tail = fx.doorbellTail, let e = row.engine { doorbell(e, tail: tail) }
         // RESET returns to the guest only once the engine has stopped this vGPU's work.
-        if fx.resetEngine, let e = row.engine { abortEngineWork(e) }
+        if fx.resetEngine, let e = row.engine {
+            trace?.instant("RESET", vgpu: id, engine: e)
+            abortEngineWork(e)
+        }
+        if fx.resetDevice { resetDevice() }
         if let e = fx.pvDoorbell { doorbells[e.rawValue].signal() }
         if fx.kickMediator { control.signal() }
         if fx.deliver != 0 { signalInterrupt() }
@@ -438,6 +496,11 @@ public final class VGPU: PCIFunction, BusDevice, PausableDevice, DispatchClient,
         public var submissions: UInt64, rejections: UInt64
     }
 
+    /// Watchdog resets and device resets (PV_DEVICE_RESET) so far.
+    public var resets: (hangs: UInt64, device: UInt64) {
+        (hangResets.load(ordering: .relaxed), deviceResets.load(ordering: .relaxed))
+    }
+
     public var statistics: Statistics {
         Statistics(badAccesses: badAccesses.load(ordering: .relaxed), privilegedWrites: privilegedWrites.load(ordering: .relaxed),
                    refusedAddressWrites: refusedAddressWrites.load(ordering: .relaxed), gttRejected: gtt.rejected.load(ordering: .relaxed),
@@ -456,6 +519,7 @@ public final class VGPU: PCIFunction, BusDevice, PausableDevice, DispatchClient,
         // The dispatcher threads (started by the first vGPU on the GPU) enter that vGPU's device filter.
         let sandbox: @Sendable (String) -> Void = { [weak context] name in _ = context?.enterDeviceSandbox(thread: name) }
         for d in host.dispatchers { d.attach(self, sandbox: sandbox) }
+        host.watchdog.attach(self, sandbox: sandbox)
     }
 
     var isRunning: Bool { lifecycle.withLock { $0 } }

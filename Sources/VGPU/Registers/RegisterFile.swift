@@ -35,6 +35,8 @@ public enum VGPURegisterFile {
         var doorbellTail: UInt32? = nil
         /// RESET of the row's engine.
         var resetEngine = false
+        /// Device-level reset of the vGPU (PV_DEVICE_RESET).
+        var resetDevice = false
         /// A PV doorbell write that reached the trap: ring that engine's PV doorbell.
         var pvDoorbell: EngineID? = nil
         /// Wake the mediator thread (PIPE_CONF: vblanks start or stop).
@@ -212,10 +214,13 @@ public enum VGPURegisterFile {
             r.append(Row("PV_DOORBELL_" + "\(e)".uppercased(), .pv, VGPURegs.pvDoorbell(e), .emulated,
                          read: { _, _, _ in 0 }, write: { _, _, _, fx in fx.pvDoorbell = e }))
         }
+        // Bit 0 resets the whole vGPU (writeRegister, without the lock); reads 0.
+        r.append(Row("PV_DEVICE_RESET", .pv, VGPURegs.pvDeviceReset, .emulated,
+                     read: { _, _, _ in 0 }, write: { _, _, v, fx in if v & 1 != 0 { fx.resetDevice = true } }))
         // The error block (section 7): filled by a rejection, ERR_STATUS is write-1-to-clear.
         r += [
             Row("ERR_STATUS", .error, VGPURegs.errStatus, .emulated,
-                write: { s, _, v, _ in if v & 1 != 0 { s.regs[VGPURegs.errStatus] = 0 } }),
+                write: { s, _, v, _ in s.regs[VGPURegs.errStatus] &= ~v }),
             Row("ERR_ENGINE", .error, VGPURegs.errEngine, .readOnly),
             Row("ERR_REASON", .error, VGPURegs.errReason, .readOnly),
             Row("ERR_OPCODE", .error, VGPURegs.errOpcode, .readOnly),
@@ -224,6 +229,7 @@ public enum VGPURegisterFile {
             Row("ERR_OPERAND", .error, VGPURegs.errOperand, count: 2, .readOnly),
             Row("ERR_COUNT", .error, VGPURegs.errCount, .readOnly),
             Row("ERR_OFFSET", .error, VGPURegs.errOffset, .readOnly),
+            Row("ERR_HANG_COUNT", .error, VGPURegs.errHangCount, .readOnly),
         ]
         // The statistics block (section 7): read-only counters; the rest of the block reads 0 and ignores writes.
         r += [

@@ -45,6 +45,8 @@ public enum VGPURegs {
     public static let pvDoorbellRCS: UInt32 = 0x78100
     public static let pvDoorbellBCS: UInt32 = 0x78104
     public static func pvDoorbell(_ e: EngineID) -> UInt32 { e == .rcs ? pvDoorbellRCS : pvDoorbellBCS }
+    /// Device-level reset of the vGPU (write 1), docs/vgpu.md section 4 ("Device reset").
+    public static let pvDeviceReset: UInt32 = 0x78108
     public static let pvMagicValue: UInt32 = 0x5550_474d   // "MGPU"
     public static let pvVersionValue: UInt32 = 0x0001_0000
 
@@ -57,6 +59,13 @@ public enum VGPURegs {
     public static let errOperand: UInt32 = 0x7901c
     public static let errCount: UInt32 = 0x79024
     public static let errOffset: UInt32 = 0x79028
+    /// Watchdog resets of the vGPU since it was created.
+    public static let errHangCount: UInt32 = 0x7902c
+    /// ERR_STATUS bits (write 1 to clear): a submission was rejected; the watchdog reset the vGPU.
+    public static let errStatusRejected: UInt32 = 1 << 0
+    public static let errStatusHang: UInt32 = 1 << 1
+    /// ERR_REASON after a watchdog reset (the scanner's reasons are 1-12).
+    public static let hangReason: UInt32 = 13
 
     /// Statistics block (read-only, low 32 bits of each counter; writes are ignored), docs/vgpu.md section 7.
     public static let statBlock: Range<UInt32> = 0x7a000..<0x7b000
@@ -72,6 +81,10 @@ public enum VGPURegs {
     public static let rcsRejected: UInt32 = 1 << 3
     public static let bcsRejected: UInt32 = 1 << 11
     public static func rejected(_ e: EngineID) -> UInt32 { e == .rcs ? rcsRejected : bcsRejected }
+    /// Interrupt bits the vGPU adds: the watchdog found a submission on this engine hung and reset the vGPU.
+    public static let rcsHang: UInt32 = 1 << 4
+    public static let bcsHang: UInt32 = 1 << 12
+    public static func hang(_ e: EngineID) -> UInt32 { e == .rcs ? rcsHang : bcsHang }
     /// ERROR_CODE of an engine whose submission was rejected: 0x100 + reason.
     public static let rejectedErrorBase: UInt32 = 0x100
 }

@@ -9,9 +9,12 @@ import Synchronization
 /// first-fit in what is free. Each physical engine has one `EngineDispatcher`, the scheduler that runs the
 /// vGPUs' checked work on it.
 ///
+/// Its `GPUWatchdog` resets a vGPU whose one submission holds an engine longer than `hangLimit`.
+///
 /// Threads and ownership: `allocate`/`release` may run on any thread (VMs are built and torn down on
 /// their callers' threads); the partition's bookkeeping and the bus-window counter are each behind a
-/// Mutex; `gpu` and the dispatchers are safe from any thread; `deinit` stops the dispatchers, then the GPU.
+/// Mutex; `gpu`, the dispatchers and the watchdog are safe from any thread (the watchdog has its own
+/// thread, `gpuN-watchdog`); `deinit` stops the watchdog, the dispatchers, then the GPU.
 public final class GPUHost: @unchecked Sendable {
     public struct Partition: Sendable {
         /// Aperture the host keeps (never given to a vGPU).
@@ -37,6 +40,13 @@ public final class GPUHost: @unchecked Sendable {
     /// One scheduler per physical engine (index: `EngineID.rawValue`), with the host's scheduling policy.
     public let dispatchers: [EngineDispatcher]
     public func dispatcher(_ e: EngineID) -> EngineDispatcher { dispatchers[e.rawValue] }
+    /// Resets a vGPU whose one submission holds an engine longer than its limit (`hangLimit`).
+    public let watchdog: GPUWatchdog
+    /// How long one submission may hold an engine before the watchdog resets its vGPU (nil: no limit).
+    public var hangLimit: Duration? {
+        get { watchdog.limit }
+        set { watchdog.limit = newValue }
+    }
 
     private struct Allocation {
         var ids: [Bool]
@@ -58,7 +68,7 @@ public final class GPUHost: @unchecked Sendable {
     }
 
     public init(config: GPUConfig = GPUHost.defaultConfig, partition: Partition = Partition(),
-                scheduler: SchedulerKind = .default) {
+                scheduler: SchedulerKind = .default, hangLimit: Duration? = GPUWatchdog.defaultLimit) {
         schedulerKind = Mutex(scheduler)
         var c = config
         c.refreshRate = nil   // vblanks are virtual, per vGPU
@@ -68,8 +78,9 @@ public final class GPUHost: @unchecked Sendable {
         do {
             dispatchers = try EngineID.allCases.map { try EngineDispatcher(engine: $0, threadName: "gpu\(number)-\($0)".lowercased(),
                                                                  policy: scheduler.makePolicy()) }
+            watchdog = try GPUWatchdog(threadName: "gpu\(number)-watchdog", limit: hangLimit)
         } catch {
-            fatalError("GPUHost: cannot create the engine dispatchers' eventfds: \(error) (raise the open-file limit)")
+            fatalError("GPUHost: cannot create the engine dispatchers' and watchdog's eventfds: \(error) (raise the open-file limit)")
         }
         var p = partition
         // A GPU too small for the reserve keeps what fits (a test's small GPU): arenas first.
@@ -81,6 +92,7 @@ public final class GPUHost: @unchecked Sendable {
     }
 
     deinit {
+        watchdog.stop()
         for d in dispatchers { d.stop() }
         gpu.shutdown()
     }

@@ -13,6 +13,8 @@ extension VGPU {
         let start: UInt32, ringBytes: UInt32, head: UInt32, tail: UInt32
         /// Arrival order on the engine's dispatcher (FIFO across vGPUs).
         let ticket: UInt64
+        /// This vGPU's number for the submission on its engine (1, 2, ...; traces and hang reports).
+        let number: UInt64
         var footprint: ShadowFootprint { ShadowFootprint(submission) }
     }
 
@@ -83,8 +85,9 @@ extension VGPU {
                 // A RESET while scanning: the scan is of a ring that no longer exists; drop it.
                 return state.withLock { s -> Bool in
                     guard s.engines[i].generation == job.generation else { return false }
+                    s.submitted[i] &+= 1
                     s.engines[i].queue.append(Queued(submission: submission, start: job.start, ringBytes: ringBytes,
-                                                     head: job.head, tail: tail, ticket: ticket))
+                                                     head: job.head, tail: tail, ticket: ticket, number: s.submitted[i]))
                     s.engines[i].scannedTail = tail
                     return true
                 }
@@ -102,7 +105,7 @@ extension VGPU {
             s.regs[Reg.errorCode(e)] = VGPURegs.rejectedErrorBase + r.reason.rawValue
             s.regs[lo: Reg.errorIPLo(e), hi: Reg.errorIPHi(e)] = r.commandGM
             s.regs[lo: Reg.faultAddressLo(e), hi: Reg.faultAddressHi(e)] = r.operand
-            s.regs[VGPURegs.errStatus] = 1
+            s.regs[VGPURegs.errStatus] |= VGPURegs.errStatusRejected
             s.regs[VGPURegs.errEngine] = UInt32(i)
             s.regs[VGPURegs.errReason] = r.reason.rawValue
             s.regs[VGPURegs.errOpcode] = r.header
@@ -115,6 +118,7 @@ extension VGPU {
         }
         guard let newly else { return }
         rejections.add(1, ordering: .relaxed)
+        trace?.instant("rejected", vgpu: id, engine: e, args: [("reason", "\(r.reason.rawValue)"), ("detail", r.detail)])
         log.log(.warning, "rejected \(e) submission", "vgpu\(id): rejected \(e) submission: \(r)")
         if newly != 0 { signalInterrupt() }
     }
@@ -281,6 +285,13 @@ extension VGPU {
             var context = pass.execution ?? EngineContext()
             context.gprs = gprs
             engine.restoreContext(context)
+            let cpu = engine.workerCPUTime
+            let generation = pass.generation, placement = pass.placement, group = pass.group
+            state.withLock { s in
+                s.engines[e.rawValue].running = RunningPass(
+                    generation: generation, ringStarts: placement.offsets.map { $0[0] }, numbers: group.map(\.number),
+                    guestRings: group.map { ($0.start, $0.ringBytes, $0.head) }, current: 0, cpuAtCurrent: cpu)
+            }
             if pass.execution == nil {
                 engine.configureRing(start: UInt32(arena.gm), pages: Int(arena.ringBytes / 4096))
                 gpu.submit(e, tail: UInt32(pass.placement.ringTail))
@@ -288,13 +299,19 @@ extension VGPU {
             onEngine = true
             return true
         }
+        var t1 = t0
         if started {
+            host.watchdog.notify()
             outcome = wait(engine, slice: slice)
+            t1 = ContinuousClock.now
             switch outcome {
             case .idle, .suspended, .error: saved = engine.saveContext()
             case .timedOut: break
             }
-            passFlag.withLock { $0 = false }
+            passFlag.withLock { onEngine in
+                onEngine = false
+                state.withLock { $0.engines[e.rawValue].running = nil }
+            }
             switch outcome {
             case .idle, .suspended: break
             case .error, .timedOut: engine.reset()
@@ -305,9 +322,11 @@ extension VGPU {
             engineNanos.add(UInt64(d.components.seconds) * 1_000_000_000 + UInt64(d.components.attoseconds / 1_000_000_000), ordering: .relaxed)
         }
         if outcome == .suspended, started, let saved {
+            trace?.turn(engine: e, vgpu: id, submission: pass.group[0].number, start: t0, end: t1, reason: .sliceExpired,
+                        args: [("submissions", "\(pass.group.count)")])
             return suspend(e, pass, context: saved)
         }
-        return complete(e, pass, started: started, outcome: outcome, context: saved)
+        return complete(e, pass, started: started, outcome: outcome, context: saved, start: t0, end: t1)
     }
 
     /// Keeps a preempted pass (its shadows stay in the arena, its engine context is saved) for this vGPU's
@@ -332,7 +351,8 @@ extension VGPU {
 
     /// Completes a pass that ended (or failed, or never started) into the virtual state (the padding NOOPs
     /// are not counted in COMMAND_COUNT).
-    private func complete(_ e: EngineID, _ pass: Pass, started: Bool, outcome: EngineWaitResult, context: EngineContext?) -> PassResult {
+    private func complete(_ e: EngineID, _ pass: Pass, started: Bool, outcome: EngineWaitResult, context: EngineContext?,
+                          start t0: ContinuousClock.Instant, end t1: ContinuousClock.Instant) -> PassResult {
         let arena = arena(e)
         let group = pass.group, buffers = pass.buffers, placement = pass.placement, generation = pass.generation
         let userEvents = pass.userEvents, executed = pass.executed
@@ -354,11 +374,19 @@ extension VGPU {
         var bits: UInt32 = 0
         var failed: (error: EngineError, command: UInt64, address: UInt64)? = nil
         var completedCount = 0
+        var reason = GPUTrace.SwitchReason.completed
         let newly = state.withLock { s -> UInt32 in
             let i = e.rawValue
             s.engines[i].executing = false
-            // Cancelled or aborted by a RESET or shutdown: the engine's state is already as after reset.
-            guard started, s.engines[i].generation == generation else { return 0 }
+            // Cancelled or aborted by a RESET, a hang or shutdown: the engine's state is already as after reset.
+            guard started, s.engines[i].generation == generation else {
+                reason = s.hangAborted[i] == generation ? .hang : .aborted
+                return 0
+            }
+            switch outcome {
+            case .idle, .suspended: break
+            default: reason = .fault
+            }
             // The engine context's GPRs are the vGPU's GPRs (the MMIO view) until its next pass.
             if let context { for d in 0..<Reg.gprDwords { s.regs[Reg.gpr(e, dword: d)] = context.gprs[Int(d)] } }
             var completed = group.count
@@ -397,6 +425,10 @@ extension VGPU {
                 }
             }
             return s.interrupts.latch(bits)   // with the state it reports (see `VirtualInterrupts`)
+        }
+        if started, let trace {
+            trace.turn(engine: e, vgpu: id, submission: group[0].number, start: t0, end: t1, reason: reason,
+                       args: [("submissions", "\(group.count)")])
         }
         if let f = failed {
             let command = String(f.command, radix: 16), address = String(f.address, radix: 16)
