@@ -86,7 +86,7 @@ let package = Package(
         .target(name: "TestSupport", dependencies: ["Machine", .product(name: "Logging", package: "swift-log")],
                 path: "Tests/TestSupport"),
         .testTarget(name: "MachineTests", dependencies: ["Machine", "KVM", "TestSupport", "VNC", .product(name: "Logging", package: "swift-log")]),
-        .testTarget(name: "SoftGPUTests", dependencies: ["SoftGPU"]),
+        .testTarget(name: "SoftGPUTests", dependencies: ["SoftGPU", "TestSupport"]),
         // Testing only: runs instruction bytes natively on the host CPU, the reference for the emulator's tests.
         .target(name: "CNativeExec", path: "Tests/NativeExec"),
         .testTarget(name: "EmulationTests", dependencies: ["Machine", "KVM", "CKVM", "CX86", "CNativeExec"]),

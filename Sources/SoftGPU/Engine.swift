@@ -161,6 +161,8 @@ public final class Engine: @unchecked Sendable {
     let display: DisplayEngine
     let storage: StorageRegisters
     let stepBudget: Int
+    /// `GPUConfig.sgemmOnBLAS`.
+    let sgemmOnBLAS: Bool
 
     let monitor = Monitor()
     // --- guarded by monitor ---
@@ -193,7 +195,8 @@ public final class Engine: @unchecked Sendable {
     private var currentCommand: UInt64 = 0
 
     init(id: EngineID, gtt: GTT, interrupts: InterruptController, display: DisplayEngine,
-         storage: StorageRegisters, stepBudget: Int) {
+         storage: StorageRegisters, stepBudget: Int, sgemmOnBLAS: Bool = true) {
+        self.sgemmOnBLAS = sgemmOnBLAS
         self.id = id
         self.gtt = gtt
         self.interrupts = interrupts
@@ -726,7 +729,7 @@ public final class Engine: @unchecked Sendable {
             case .saxpy:
                 try stopped(try Compute.saxpy(c, &acc, from: from, shouldStop: shouldStop))
             case .sgemm:
-                try stopped(try Compute.sgemm(c, &acc, from: from, shouldStop: shouldStop))
+                try stopped(try Compute.sgemm(c, &acc, from: from, shouldStop: shouldStop, blas: sgemmOnBLAS))
             case .batchBufferStart, .batchBufferEnd:
                 break   // handled by the callers
             }

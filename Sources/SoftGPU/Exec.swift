@@ -162,7 +162,8 @@ enum Compute {
 
     /// SGEMM from `from` (where a previous run stopped; C in GM holds its partial result); nil when done,
     /// else the progress at the poll that stopped it (C written back first).
-    static func sgemm(_ c: [UInt32], _ acc: inout GMAccessor, from: KernelProgress, shouldStop: () -> Bool) throws(GMFault) -> KernelProgress? {
+    static func sgemm(_ c: [UInt32], _ acc: inout GMAccessor, from: KernelProgress, shouldStop: () -> Bool,
+                      blas: Bool = true) throws(GMFault) -> KernelProgress? {
         let m = c[1], n = c[2], k = c[3]
         let alpha = Float(bitPattern: c[4]), beta = Float(bitPattern: c[5])
         let lda = c[8], ldb = c[11], ldc = c[14]
@@ -180,7 +181,7 @@ enum Compute {
         }
         let stopped = Kernels.sgemm(m: Int(m), n: Int(n), k: alpha != 0 ? Int(k) : 0, alpha: alpha,
                                     a: aPtr, lda: Int(lda), b: bPtr, ldb: Int(ldb),
-                                    beta: beta, c: C.pointer, ldc: Int(ldc), from: from, shouldStop: shouldStop)
+                                    beta: beta, c: C.pointer, ldc: Int(ldc), useBLAS: blas, from: from, shouldStop: shouldStop)
         C.scatter()
         return stopped
     }

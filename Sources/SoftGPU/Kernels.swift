@@ -105,10 +105,10 @@ public enum Kernels {
                              a: UnsafePointer<Float>, lda: Int,
                              b: UnsafePointer<Float>, ldb: Int,
                              beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int,
-                             blockWork: Int = Kernels.blockWork,
+                             blockWork: Int = Kernels.blockWork, useBLAS: Bool = true,
                              from: KernelProgress, shouldStop: () -> Bool) -> KernelProgress? {
         guard m > 0 && n > 0 else { return nil }
-        guard onBLAS(m: m, n: n, k: k, alpha: alpha, lda: lda, ldb: ldb, ldc: ldc),
+        guard useBLAS, onBLAS(m: m, n: n, k: k, alpha: alpha, lda: lda, ldb: ldb, ldc: ldc),
               from == .start || from.phase == blasPhase else {
             return sgemmSIMD(m: m, n: n, k: k, alpha: alpha, a: a, lda: lda, b: b, ldb: ldb, beta: beta, c: c, ldc: ldc,
                              from: from, shouldStop: shouldStop)

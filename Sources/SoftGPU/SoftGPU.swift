@@ -13,6 +13,9 @@ public struct GPUConfig: Sendable {
     public var stepBudget: Int = 1 << 20
     /// Largest scanout width/height.
     public var maxScanoutDimension: Int = 8192
+    /// SGEMM on OpenBLAS when it is loaded (false: always the SIMD kernel, whose resumable form stops every
+    /// 16 rows: tests of stopping inside an SGEMM use it).
+    public var sgemmOnBLAS = true
 
     public init(gmSize: UInt64 = 1 << 30, apertureSize: UInt64 = 256 << 20, refreshRate: Double? = 60,
                 stepBudget: Int = 1 << 20, maxScanoutDimension: Int = 8192) {
@@ -55,7 +58,8 @@ public final class SoftGPU: @unchecked Sendable {
                                 maxDimension: config.maxScanoutDimension)
         let st = storage, g = gtt, irq = interrupts, disp = display
         engines = EngineID.allCases.map {
-            Engine(id: $0, gtt: g, interrupts: irq, display: disp, storage: st, stepBudget: config.stepBudget)
+            Engine(id: $0, gtt: g, interrupts: irq, display: disp, storage: st, stepBudget: config.stepBudget,
+                   sgemmOnBLAS: config.sgemmOnBLAS)
         }
     }
 

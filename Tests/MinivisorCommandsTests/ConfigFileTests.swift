@@ -110,7 +110,7 @@ struct ConfigFileTests {
         #expect(refusal(#"{"hang_limit_ms": "fast", "vms": [{"name": "a"}]}"#).contains("hang_limit_ms"))
         #expect(refusal(#"{"trace": "", "vms": [{"name": "a"}]}"#).contains("trace"))
         #expect(refusal(#"{"trace": 3, "vms": [{"name": "a"}]}"#).contains("trace"))
-        #expect(refusal(#"{"traces": "x", "vms": [{"name": "a"}]}"#).contains("\"vms\", \"trace\" or \"hang_limit_ms\""))
+        #expect(refusal(#"{"traces": "x", "vms": [{"name": "a"}]}"#).contains("\"vms\", \"gpu\", \"trace\" or \"hang_limit_ms\""))
         let run = try #require(try? parseArguments(["run", "--vgpu", "--trace", "t.json", "--hang-limit", "100", "g.elf"]).get())
         guard case .run(let r) = run else { Issue.record("not a run"); return }
         #expect(r.tracePath == "t.json" && r.hangLimitMilliseconds == 100)

@@ -1,5 +1,6 @@
 import Glibc
 import Testing
+import TestSupport
 @testable import SoftGPU
 
 /// `Kernels.sgemm` (OpenBLAS in row blocks) against the hand-written SIMD kernel it replaced
@@ -103,6 +104,37 @@ import Testing
 
     /// Leading dimensions beyond OpenBLAS's 32-bit integers (legal for a one-row matrix, whose extent does
     /// not depend on them) take the SIMD kernel.
+    /// The engine's resumable SGEMM on OpenBLAS (preemption): stopped before every other row block and
+    /// resumed from the progress it returned, the result is bit for bit that of an uninterrupted run.
+    @Test func resumableBLASSGEMMStopsBetweenBlocksAndResumesExactly() {
+        guard Kernels.blasLoaded || Self.blasRequired else { return }
+        let m = 300, n = 70, k = 130, blockWork = 70 * 130 * 7   // blocks of 7 rows: 43 of them
+        var rng = SplitMix64(seed: 42)
+        let a = (0..<(m * k)).map { _ in Float(Int(rng.next() % 2001) - 1000) / 256 }
+        let b = (0..<(k * n)).map { _ in Float(Int(rng.next() % 2001) - 1000) / 256 }
+        let c0 = (0..<(m * n)).map { _ in Float(Int(rng.next() % 2001) - 1000) / 64 }
+        var whole = c0, pieces = c0
+        var stops = 0
+        a.withUnsafeBufferPointer { ap in b.withUnsafeBufferPointer { bp in
+            whole.withUnsafeMutableBufferPointer { cp in
+                _ = Kernels.sgemm(m: m, n: n, k: k, alpha: 0.75, a: ap.baseAddress!, lda: k, b: bp.baseAddress!, ldb: n,
+                                  beta: -0.5, c: cp.baseAddress!, ldc: n, blockWork: blockWork, from: .start, shouldStop: { false })
+            }
+            pieces.withUnsafeMutableBufferPointer { cp in
+                var progress = KernelProgress.start
+                var polls = 0
+                while let p = Kernels.sgemm(m: m, n: n, k: k, alpha: 0.75, a: ap.baseAddress!, lda: k, b: bp.baseAddress!, ldb: n,
+                                            beta: -0.5, c: cp.baseAddress!, ldc: n, blockWork: blockWork, from: progress,
+                                            shouldStop: { polls += 1; return polls % 2 == 0 }) {
+                    progress = p
+                    stops += 1
+                }
+            }
+        } }
+        #expect(stops >= 20, "stopped only \(stops) times")
+        #expect(whole.map(\.bitPattern) == pieces.map(\.bitPattern), "resumed SGEMM differs from the uninterrupted one")
+    }
+
     @Test func hugeLeadingDimensionsFallBack() {
         let n = 5, k = 3
         let a = randomFloats(k, seed: 1), b = randomFloats(k * n, seed: 2)

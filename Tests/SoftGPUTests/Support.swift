@@ -16,8 +16,10 @@ final class Rig {
     let bcs: NativeQueue
     let data: HostBuffer
 
-    init(stepBudget: Int = 1 << 20, refreshRate: Double? = nil) throws {
-        gpu = SoftGPU(config: GPUConfig(gmSize: Self.gmSize, apertureSize: 16 << 20, refreshRate: refreshRate, stepBudget: stepBudget))
+    init(stepBudget: Int = 1 << 20, refreshRate: Double? = nil, sgemmOnBLAS: Bool = true) throws {
+        var config = GPUConfig(gmSize: Self.gmSize, apertureSize: 16 << 20, refreshRate: refreshRate, stepBudget: stepBudget)
+        config.sgemmOnBLAS = sgemmOnBLAS
+        gpu = SoftGPU(config: config)
         rcs = try NativeQueue(gpu: gpu, engine: .rcs, gm: 0, ringPages: 2, batchBytes: 256 << 10)
         bcs = try NativeQueue(gpu: gpu, engine: .bcs, gm: 2 << 20, ringPages: 2, batchBytes: 256 << 10)
         data = try gpu.mapHostMemory(gm: Self.dataGM, bytes: Self.dataBytes, name: "test-data")

@@ -140,6 +140,10 @@ extension VGPU {
         /// Counted over the pass's slices so far.
         var userEvents: UInt64 = 0
         var executed: UInt64 = 0
+        /// The watchdog's view when the pass was preempted (the physical HEAD, the submission it was in, and
+        /// the engine time its ring-level command had held so far), carried into the next turn so a command
+        /// that keeps being preempted still adds up to a hang.
+        var watch: (head: UInt64, current: Int, held: Duration)? = nil
     }
 
     /// This vGPU's checked work on `engine` (a preempted pass first), unless it is paused, shut down or
@@ -286,11 +290,13 @@ extension VGPU {
             context.gprs = gprs
             engine.restoreContext(context)
             let cpu = engine.workerCPUTime
-            let generation = pass.generation, placement = pass.placement, group = pass.group
+            let generation = pass.generation, placement = pass.placement, group = pass.group, watch = pass.watch
             state.withLock { s in
-                s.engines[e.rawValue].running = RunningPass(
+                var r = RunningPass(
                     generation: generation, ringStarts: placement.offsets.map { $0[0] }, numbers: group.map(\.number),
                     guestRings: group.map { ($0.start, $0.ringBytes, $0.head) }, current: 0, cpuAtCurrent: cpu)
+                if let w = watch { r.head = w.head; r.current = w.current; r.cpuAtCurrent = cpu - w.held }
+                s.engines[e.rawValue].running = r
             }
             if pass.execution == nil {
                 engine.configureRing(start: UInt32(arena.gm), pages: Int(arena.ringBytes / 4096))
@@ -308,9 +314,14 @@ extension VGPU {
             case .idle, .suspended, .error: saved = engine.saveContext()
             case .timedOut: break
             }
+            let cpu = engine.workerCPUTime
             passFlag.withLock { onEngine in
                 onEngine = false
-                state.withLock { $0.engines[e.rawValue].running = nil }
+                let r = state.withLock { s -> RunningPass? in
+                    defer { s.engines[e.rawValue].running = nil }
+                    return s.engines[e.rawValue].running
+                }
+                pass.watch = r.map { (head: $0.head, current: $0.current, held: max(.zero, cpu - $0.cpuAtCurrent)) }
             }
             switch outcome {
             case .idle, .suspended: break
