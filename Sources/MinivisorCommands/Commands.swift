@@ -130,6 +130,9 @@ struct Bench: ParsableCommand {
     @Option(parsing: .unconditional, help: "Stop an exit workload's rounds when its ratio's 95% interval is within this many percent of the median, 1 to 50.")
     var exitTarget: String = "2"
 
+    @Option(parsing: .unconditional, help: "Seconds of measurement window per GPU scheduler run, 0 to 60 (0 skips them; 12 runs of about this plus 1.5 s).")
+    var schedSeconds: String = "2"
+
     @Option(help: "Guest image for the start-to-exit measurement (default: Guests/build/hello.elf, else the built-in demo).")
     var image: String?
 
