@@ -112,15 +112,17 @@ struct BenchRunner {
             print("  doorbell (ioeventfd) \(fixed(Spread(pvCycles).median, 0)) cycles vs trapped register write \(fixed(Spread(trCycles).median, 0)) cycles, median of \(pvCycles.count) runs")
             print("    trapped/doorbell \(dbRatio.text(2))x from interleaved pairs (how much cheaper the doorbell is)")
         }
-        // Native and mediated runs alternate, `rounds` times each; each pair gives a ratio.
-        let n = 512, reps = 8
+        // Native and mediated runs alternate, 2 x `rounds` + 1 times each; each pair gives a ratio.
+        let n = 512, reps = 8, pairs = 2 * max(rounds, 1) + 1
         var sgNative: [Double] = [], sgMediated: [Double] = [], sgBusy: [Double] = []
-        for _ in 0..<max(rounds, 1) {
+        for round in 0..<pairs {
+            // The side that goes first alternates, so that drifts of the host hit both alike.
+            if round % 2 == 1 { sgNative.append(try VGPUBenchmark.nativeSGEMM(host: host, n: n, reps: reps)) }
             let sg = try VGPUBenchmark.runGuest(image, cmdline: "only=sgemm sgemm=\(n) reps=\(reps)", host: host)
             guard let w = sg.window else { throw BenchError.unexpected("no SGEMM submissions seen") }
             sgMediated.append(VGPUBenchmark.seconds(w))
             sgBusy.append(VGPUBenchmark.seconds(sg.engineBusy))
-            sgNative.append(try VGPUBenchmark.nativeSGEMM(host: host, n: n, reps: reps))
+            if round % 2 == 0 { sgNative.append(try VGPUBenchmark.nativeSGEMM(host: host, n: n, reps: reps)) }
         }
         let native = Spread(sgNative).median, mediated = Spread(sgMediated).median
         let gflop = Double(2 * n * n * n * reps) / 1e9
@@ -128,14 +130,15 @@ struct BenchRunner {
         print("    native/mediated \(Spread(zip(sgNative, sgMediated).map { $0 / $1 }).text(3)) (target >= 0.98)")
         let fills = 16384, batch = 256
         var flNative: [Double] = [], flMediated: [Double] = [], flBusy: [Double] = []
-        for _ in 0..<max(rounds, 1) {
+        for round in 0..<pairs {
+            if round % 2 == 1 { flNative.append(try VGPUBenchmark.nativeFills(host: host, fills: fills, perBatch: batch)) }
             // Trapped TAIL doorbells: each batch is scanned on the submitting vCPU (which would otherwise spin
             // waiting for a free buffer), not on a thread competing with the software GPU for a core.
             let fl = try VGPUBenchmark.runGuest(image, cmdline: "only=fills fills=\(fills) batch=\(batch) singles=0 pv=0", host: host)
             guard let w = fl.window else { throw BenchError.unexpected("no fill submissions seen") }
             flMediated.append(VGPUBenchmark.seconds(w))
             flBusy.append(VGPUBenchmark.seconds(fl.engineBusy))
-            flNative.append(try VGPUBenchmark.nativeFills(host: host, fills: fills, perBatch: batch))
+            if round % 2 == 0 { flNative.append(try VGPUBenchmark.nativeFills(host: host, fills: fills, perBatch: batch)) }
         }
         let fn = Spread(flNative).median, fm = Spread(flMediated).median
         print("  \(fills) 16x16 fills built in guest ring 3, \(batch) per batch (TAIL doorbell), medians of \(flNative.count): native \(fixed(fn * 1000, 1)) ms, through the mediator \(fixed(fm * 1000, 1)) ms (engine busy \(fixed(Spread(flBusy).median * 1000, 1)) ms of it)")

@@ -121,7 +121,7 @@ struct Bench: ParsableCommand {
     @Option(parsing: .unconditional, help: "Iterations N per measurement, 1 to 10000000 (each round also runs 2N).")
     var iterations: String = "20000"
 
-    @Option(parsing: .unconditional, help: "Interleaved rounds per workload, 1 to 1000: the least for each exit workload, the number for SGEMM and fills.")
+    @Option(parsing: .unconditional, help: "Interleaved rounds per workload, 1 to 1000: the least for each exit workload; SGEMM and fills run twice this plus one pairs.")
     var rounds: String = "7"
 
     @Option(parsing: .unconditional, help: "Seconds at most per exit workload, 1 to 3600 (rounds stop earlier once the ratio is as sure as --exit-target).")
