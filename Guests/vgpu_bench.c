@@ -12,7 +12,11 @@
  *  takes the median of the pairs' ratios: one slow moment spoils one pair, not the result);
  *  (iii) a stream of small COLOR_BLT fills (fills=, default 16384, 16x16 each) built in ring 3 straight
  *        into batch buffers in the aperture, batch= fills per batch (default 256), PV doorbell, fence
- *        polling; against the same fills submitted one per ring submission (1/16 as many).
+ *        polling; against the same fills submitted one per ring submission (1/16 as many);
+ *  (iv)  only=sgemm: reps= SGEMMs of sgemm= (default 512) cubed, timed by the host against native runs;
+ *  (v)   only=load: the scheduler benchmarks' workload: for ms= milliseconds (default 2000), SGEMMs of
+ *        load= (default 256) cubed in groups of group= (default 4) batches on RCS, two groups in flight,
+ *        the driver sleeping (sti; hlt) until a group's interrupt; prints the SGEMMs completed and their rate.
  */
 #include "vgpu/vgpu.h"
 
@@ -395,11 +399,70 @@ static void bench_sgemm(uint32_t n, uint64_t reps) {
     mv_printf("bench sgemm_cycles %lu cycles\n", cycles);
 }
 
-/* only=NAME runs one part (aperture, doorbells, fills, sgemm); default: all but sgemm. */
+/* ------------------------------------------------------------------ (v) */
+/* The scheduler benchmarks' load: GPU-bound, and the vCPU sleeps while the GPU works (a busy-polling vCPU
+ * would take a core from the engine's thread). Two groups are in flight so that the engine never waits for
+ * this driver; the host measures shares and throughput from the engine's side, this is the guest's side. */
+static int load_wait(uint32_t seq) {
+    const uint32_t bad = VGPU_IRQ_ERROR(VGPU_RCS) | VGPU_IRQ_REJECT(VGPU_RCS);
+    while (!vgpu_seq_done(&gpu, VGPU_RCS, seq)) {
+        uint32_t got = vgpu_irq_wait(&gpu, VGPU_IRQ_USER(VGPU_RCS) | bad, VGPU_WAIT_TICKS);
+        if (got & bad) return -2;
+        if (!got && !vgpu_seq_done(&gpu, VGPU_RCS, seq)) return -1;
+    }
+    return 0;
+}
+
+static void bench_load(uint32_t n, uint64_t per_group, uint64_t ms, uint64_t tsc_khz) {
+    uint64_t bytes = (uint64_t)n * n * 4, ga, gb, gc, gbatch;
+    struct sgemm_job j = { 0 };
+    j.n = n;
+    j.a = vgpu_gm_alloc_backed(&gpu, VGPU_HIDDEN, bytes, &ga);
+    j.b = vgpu_gm_alloc_backed(&gpu, VGPU_HIDDEN, bytes, &gb);
+    j.c = vgpu_gm_alloc_backed(&gpu, VGPU_HIDDEN, bytes, &gc);
+    uint32_t *batch = vgpu_gm_alloc_backed(&gpu, VGPU_APERTURE, 4096, &gbatch);
+    if (!j.a || !j.b || !j.c || !batch || vgpu_ring_init(&gpu, VGPU_RCS, 16) != 0
+        || vgpu_irq_setup(&gpu, VGPU_VECTOR, VGPU_IRQ_DEFAULT) != 0) {
+        FAIL("no memory or ring for the %u^3 load\n", n);
+        return;
+    }
+    mv_run_user(sgemm_prepare_user, (uint64_t)(uintptr_t)&j);
+    struct vgpu_cmds c;
+    vgpu_cmds_init(&c, vgpu_aperture(&gpu, gbatch), 1024);
+    c.gm = gbatch;
+    vgpu_sgemm(&c, n, n, n, 0x3f800000u, 0, ga, n, gb, n, gc, n);
+    vgpu_bb_end(&c);
+    if (!tsc_khz) tsc_khz = 2000000;
+    uint64_t t0 = rdtsc(), deadline = t0 + ms * tsc_khz, done = 0;
+    uint32_t prev = 0;
+    while ((int64_t)(rdtsc() - deadline) < 0) {
+        uint32_t seq = 0;
+        for (uint64_t k = 0; k < per_group; k++) {
+            seq = vgpu_submit_batch(&gpu, VGPU_RCS, gbatch, vgpu_cmds_bytes(&c), k + 1 == per_group ? VGPU_NOTIFY : 0);
+            if (!seq) { FAIL("load submission failed after %lu SGEMMs\n", done); return; }
+        }
+        if (prev) {
+            if (load_wait(prev) != 0) { FAIL("load SGEMMs did not complete (after %lu)\n", done); return; }
+            done += per_group;
+        }
+        prev = seq;
+    }
+    if (prev) {
+        if (load_wait(prev) != 0) { FAIL("load SGEMMs did not complete (after %lu)\n", done); return; }
+        done += per_group;
+    }
+    uint64_t cycles = rdtsc() - t0;
+    mv_printf("bench load_n %u\n", n);
+    mv_printf("bench load_sgemms %lu SGEMMs\n", done);
+    mv_printf("bench load_ms %lu ms\n", cycles / tsc_khz);
+    mv_printf("bench load_sgemms_per_ks %lu SGEMMs per 1000 s\n", cycles ? done * tsc_khz * 1000000 / cycles : 0);
+}
+
+/* only=NAME runs one part (aperture, doorbells, fills, sgemm, load); default: all but sgemm and load. */
 static int want(const struct mv_boot_info *bi, const char *name) {
     uint64_t len = 0;
     const char *v = mv_cmdline_value((const char *)(uintptr_t)bi->cmdline_addr, bi->cmdline_len, "only", &len);
-    if (!v) return strcmp(name, "sgemm") != 0;
+    if (!v) return strcmp(name, "sgemm") != 0 && strcmp(name, "load") != 0;
     uint64_t n = 0;
     while (name[n]) n++;
     return n == len && memcmp(v, name, n) == 0;
@@ -431,6 +494,8 @@ int main(const struct mv_boot_info *bi) {
         bench_fills(fills, per_batch, param(bi, "singles", fills / 16 ? fills / 16 : 1, 0, 1u << 22),
                     param(bi, "pv", 1, 0, 1) ? VGPU_DOORBELL_PV : VGPU_DOORBELL_TAIL, khz);
     if (want(bi, "sgemm")) bench_sgemm((uint32_t)param(bi, "sgemm", 512, 16, 1024), param(bi, "reps", 8, 1, 1000));
+    if (want(bi, "load"))
+        bench_load((uint32_t)param(bi, "load", 256, 16, 1024), param(bi, "group", 4, 1, 64), param(bi, "ms", 2000, 1, 600000), khz);
     if (failures) {
         mv_printf("vgpu bench FAIL: %d problem(s)\n", failures);
         return 1;

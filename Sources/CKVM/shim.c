@@ -93,3 +93,28 @@ long ckvm_stats_offset(int fd, const char *name) {
     free(d);
     return found;
 }
+
+#include <sched.h>
+#include <errno.h>
+int ckvm_pin_thread(int cpu) {
+    return ckvm_set_thread_cpus(&cpu, 1);
+}
+
+int ckvm_thread_cpus(int *out, int max) {
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof set, &set) < 0) return -errno;
+    int n = 0;
+    for (int c = 0; c < CPU_SETSIZE && n < max; c++)
+        if (CPU_ISSET(c, &set)) out[n++] = c;
+    return n;
+}
+
+int ckvm_set_thread_cpus(const int *cpus, int n) {
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    for (int i = 0; i < n; i++)
+        if (cpus[i] >= 0 && cpus[i] < CPU_SETSIZE) CPU_SET(cpus[i], &set);
+    return sched_setaffinity(0, sizeof set, &set) < 0 ? -errno : 0;
+}
+
+int ckvm_current_cpu(void) { return sched_getcpu(); }

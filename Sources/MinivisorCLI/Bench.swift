@@ -47,6 +47,7 @@ struct BenchRunner {
         if let s = k.speedup { print("    OpenBLAS/SIMD \(s.text(2)) (\(Kernels.blasDescription))") }
 
         try vgpuBenchmarks()
+        try schedulerBenchmarks()
 
         let exe = selfExecutable()
         var args = ["run", "--serial", "none"]
@@ -74,6 +75,10 @@ struct BenchRunner {
             return
         }
         print("vGPU, measured by the vgpu_bench guest and by the host in the same run:")
+        // Threads placed deliberately (created after this): the vCPU on one CPU, the device threads on another.
+        let placement = VGPUThreadPlacement()
+        defer { placement.restore() }
+        print("  threads: \(placement.description)")
         let host = GPUHost()
         // Each guest run times 60 pairs of one aperture and one RAM pass (A B B A ...); the ratio printed is the
         // median of all pairs' ratios over the runs.
@@ -107,15 +112,17 @@ struct BenchRunner {
             print("  doorbell (ioeventfd) \(fixed(Spread(pvCycles).median, 0)) cycles vs trapped register write \(fixed(Spread(trCycles).median, 0)) cycles, median of \(pvCycles.count) runs")
             print("    trapped/doorbell \(dbRatio.text(2))x from interleaved pairs (how much cheaper the doorbell is)")
         }
-        // Native and mediated runs alternate, `rounds` times each; each pair gives a ratio.
-        let n = 512, reps = 8
+        // Native and mediated runs alternate, 2 x `rounds` + 1 times each; each pair gives a ratio.
+        let n = 512, reps = 8, pairs = 2 * max(rounds, 1) + 1
         var sgNative: [Double] = [], sgMediated: [Double] = [], sgBusy: [Double] = []
-        for _ in 0..<max(rounds, 1) {
+        for round in 0..<pairs {
+            // The side that goes first alternates, so that drifts of the host hit both alike.
+            if round % 2 == 1 { sgNative.append(try VGPUBenchmark.nativeSGEMM(host: host, n: n, reps: reps)) }
             let sg = try VGPUBenchmark.runGuest(image, cmdline: "only=sgemm sgemm=\(n) reps=\(reps)", host: host)
             guard let w = sg.window else { throw BenchError.unexpected("no SGEMM submissions seen") }
             sgMediated.append(VGPUBenchmark.seconds(w))
             sgBusy.append(VGPUBenchmark.seconds(sg.engineBusy))
-            sgNative.append(try VGPUBenchmark.nativeSGEMM(host: host, n: n, reps: reps))
+            if round % 2 == 0 { sgNative.append(try VGPUBenchmark.nativeSGEMM(host: host, n: n, reps: reps)) }
         }
         let native = Spread(sgNative).median, mediated = Spread(sgMediated).median
         let gflop = Double(2 * n * n * n * reps) / 1e9
@@ -123,14 +130,15 @@ struct BenchRunner {
         print("    native/mediated \(Spread(zip(sgNative, sgMediated).map { $0 / $1 }).text(3)) (target >= 0.98)")
         let fills = 16384, batch = 256
         var flNative: [Double] = [], flMediated: [Double] = [], flBusy: [Double] = []
-        for _ in 0..<max(rounds, 1) {
+        for round in 0..<pairs {
+            if round % 2 == 1 { flNative.append(try VGPUBenchmark.nativeFills(host: host, fills: fills, perBatch: batch)) }
             // Trapped TAIL doorbells: each batch is scanned on the submitting vCPU (which would otherwise spin
             // waiting for a free buffer), not on a thread competing with the software GPU for a core.
             let fl = try VGPUBenchmark.runGuest(image, cmdline: "only=fills fills=\(fills) batch=\(batch) singles=0 pv=0", host: host)
             guard let w = fl.window else { throw BenchError.unexpected("no fill submissions seen") }
             flMediated.append(VGPUBenchmark.seconds(w))
             flBusy.append(VGPUBenchmark.seconds(fl.engineBusy))
-            flNative.append(try VGPUBenchmark.nativeFills(host: host, fills: fills, perBatch: batch))
+            if round % 2 == 0 { flNative.append(try VGPUBenchmark.nativeFills(host: host, fills: fills, perBatch: batch)) }
         }
         let fn = Spread(flNative).median, fm = Spread(flMediated).median
         print("  \(fills) 16x16 fills built in guest ring 3, \(batch) per batch (TAIL doorbell), medians of \(flNative.count): native \(fixed(fn * 1000, 1)) ms, through the mediator \(fixed(fm * 1000, 1)) ms (engine busy \(fixed(Spread(flBusy).median * 1000, 1)) ms of it)")
@@ -165,6 +173,94 @@ struct BenchRunner {
                   + "\(fixed(Spread(slowdowns).median * 100, 1)) % (victim alone \(fixed(Spread(alone).median * 1000, 0)) ms; "
                   + "the hang holds the engine for the \(limit) ms limit once) (target <= 10 %)\(missed > 0 ? "; \(missed) round(s) without overlap left out" : "")")
         }
+    }
+
+    /// The vGPU benchmarks' thread placement: with two CPUs or more, the calling thread (and so each
+    /// vCPU thread it creates) is pinned to the CPU it is on and every device thread started meanwhile (the
+    /// vGPU's mediator, the GPU's dispatchers and engine workers) to another, so that a PV doorbell always
+    /// wakes its mediator on the other CPU and the engine never competes with the vCPU for one (otherwise
+    /// the doorbell's cost depends on where the kernel woke the mediator, and the ratios are bimodal).
+    struct VGPUThreadPlacement: CustomStringConvertible {
+        let saved: [Int]
+        let vcpu: Int?, device: Int?
+
+        init() {
+            saved = ThreadPlacement.allowedCPUs
+            guard saved.count >= 2, let here = ThreadPlacement.currentCPU, saved.contains(here),
+                  let other = saved.first(where: { $0 != here }), ThreadPlacement.pin(to: here) else {
+                vcpu = nil; device = nil
+                return
+            }
+            vcpu = here
+            device = other
+            ThreadPlacement.deviceCPU = other
+        }
+
+        func restore() {
+            ThreadPlacement.deviceCPU = nil
+            if vcpu != nil { ThreadPlacement.setAllowedCPUs(saved) }
+        }
+
+        var description: String {
+            guard let vcpu, let device else { return "not pinned (\(saved.count) CPU\(saved.count == 1 ? "" : "s") available)" }
+            return "vCPU on CPU \(vcpu); mediator, engine dispatchers and software GPU engines on CPU \(device)"
+        }
+    }
+
+    // MARK: GPU scheduler (issue 8)
+
+    /// Aggregate throughput of 1, 2, 4, 8 and 16 VMs against one, Jain's index of 16 equal VMs and the
+    /// shares of three VMs of weights 1:2:4, for each policy; `--sched-seconds` is each run's window (0 skips).
+    func schedulerBenchmarks() throws {
+        let image = guests + "/vgpu_bench.elf", window = request.schedulerSeconds
+        guard window > 0 else { print("GPU scheduler benchmarks: skipped (--sched-seconds 0)"); return }
+        guard access(image, R_OK) == 0 else {
+            print("GPU scheduler benchmarks: skipped, \(image) is missing (build the guests: make -C Guests)")
+            return
+        }
+        let n = 512
+        print("GPU scheduler: N VMs in one process sharing one GPU, each looping on SGEMM \(n)^3 batches and sleeping in hlt until done")
+        print("  (vgpu_bench only=load); per run a \(fixed(window, 1)) s window once all VMs are loading; shares from the engine's busy time per vGPU")
+        typealias R = SchedulerBenchmark.Result
+        func line(_ label: String, _ values: [String], _ target: String) -> String {
+            "  " + pad(label, 36) + values.map { pad($0, 10, left: false) }.joined() + "   " + target
+        }
+        var throughput16: [String] = [], jainBusy: [String] = [], jainWork: [String] = [], jainGuest: [String] = []
+        var devBusy: [String] = [], devWork: [String] = []
+        var details: [String] = []
+        for kind in SchedulerKind.allCases {
+            let counts = kind == .default ? [1, 2, 4, 8, 16] : [1, 16]
+            var byCount: [Int: R] = [:]
+            for c in counts {
+                byCount[c] = try SchedulerBenchmark.run(image: image, scheduler: kind, types: Array(repeating: .medium, count: c),
+                                                         window: window, n: n)
+            }
+            let one = byCount[1]!.throughput
+            if kind == .default {
+                let scaling = counts.dropFirst().map { "\($0) VMs \(fixed(byCount[$0]!.throughput / one, 3))" }.joined(separator: ", ")
+                details.append("  \(kind): aggregate throughput against 1 VM (\(fixed(one, 0)) SGEMMs/s): \(scaling) (target >= 0.95 at 16)")
+            }
+            let sixteen = byCount[16]!
+            throughput16.append(fixed(sixteen.throughput / one, 3))
+            jainBusy.append(fixed(SchedulerBenchmark.jain(sixteen.busyShares), 4))
+            jainWork.append(fixed(SchedulerBenchmark.jain(sixteen.workShares), 4))
+            jainGuest.append(fixed(SchedulerBenchmark.jain(sixteen.guestShares), 4))
+            let w = try SchedulerBenchmark.run(image: image, scheduler: kind, types: [.small, .medium, .large], window: window, n: n)
+            devBusy.append(fixed(100 * SchedulerBenchmark.worstDeviation(w.busyShares, w.entitlements), 1) + "%")
+            devWork.append(fixed(100 * SchedulerBenchmark.worstDeviation(w.workShares, w.entitlements), 1) + "%")
+            details.append("  \(kind): 1:2:4 shares (small, medium, large; entitled 0.143 0.286 0.571): engine time "
+                           + w.busyShares.map { fixed($0, 3) }.joined(separator: " ") + ", completed work "
+                           + w.workShares.map { fixed($0, 3) }.joined(separator: " ") + ", guest-reported "
+                           + w.guestShares.map { fixed($0, 3) }.joined(separator: " "))
+        }
+        details.forEach { print($0) }
+        print(line("", SchedulerKind.allCases.map(\.rawValue), "target"))
+        print(line("throughput, 16 VMs / 1 VM", throughput16, ">= 0.95"))
+        print(line("Jain's index, 16 equal VMs: engine", jainBusy, ">= 0.99"))
+        print(line("  completed work", jainWork, ">= 0.99"))
+        print(line("  guest-reported", jainGuest, "(whole guest runs, boot spread included)"))
+        print(line("1:2:4 worst share vs entitlement", devBusy, "<= 5% (engine time)"))
+        print(line("  completed work", devWork, "<= 5%"))
     }
 
     func selfExecutable() -> String {

@@ -128,7 +128,7 @@ struct Bench: ParsableCommand {
     @Option(parsing: .unconditional, help: "Iterations N per measurement, 1 to 10000000 (each round also runs 2N).")
     var iterations: String = "20000"
 
-    @Option(parsing: .unconditional, help: "Interleaved rounds per workload, 1 to 1000: the least for each exit workload, the number for SGEMM and fills.")
+    @Option(parsing: .unconditional, help: "Interleaved rounds per workload, 1 to 1000: the least for each exit workload; SGEMM and fills run twice this plus one pairs.")
     var rounds: String = "7"
 
     @Option(parsing: .unconditional, help: "Seconds at most per exit workload, 1 to 3600 (rounds stop earlier once the ratio is as sure as --exit-target).")
@@ -136,6 +136,9 @@ struct Bench: ParsableCommand {
 
     @Option(parsing: .unconditional, help: "Stop an exit workload's rounds when its ratio's 95% interval is within this many percent of the median, 1 to 50.")
     var exitTarget: String = "2"
+
+    @Option(parsing: .unconditional, help: "Seconds of measurement window per GPU scheduler run, 0 to 60 (0 skips them; 12 runs of about this plus 1.5 s).")
+    var schedSeconds: String = "2"
 
     @Option(help: "Guest image for the start-to-exit measurement (default: Guests/build/hello.elf, else the built-in demo).")
     var image: String?

@@ -140,6 +140,8 @@ public struct BenchRequest: Equatable, Sendable {
     /// Time budget per exit workload, and the ratio's wanted 95% half-width (0.02 = -+2%).
     public var exitSeconds: Double = 15
     public var exitTarget: Double = 0.02
+    /// The GPU scheduler benchmarks' window per run in seconds (0 skips them).
+    public var schedulerSeconds: Double = 2
 }
 
 /// What the command line asks for.
@@ -323,7 +325,8 @@ extension Bench {
                      image: image, guests: guests,
                      startupRuns: try wholeNumber(startupRuns, flag: "--startup-runs", range: 1...1000, example: "11"),
                      exitSeconds: Double(try wholeNumber(exitSeconds, flag: "--exit-seconds", range: 1...3600, example: "15")),
-                     exitTarget: Double(try wholeNumber(exitTarget, flag: "--exit-target", range: 1...50, example: "2")) / 100)
+                     exitTarget: Double(try wholeNumber(exitTarget, flag: "--exit-target", range: 1...50, example: "2")) / 100,
+                     schedulerSeconds: Double(try wholeNumber(schedSeconds, flag: "--sched-seconds", range: 0...60, example: "2")))
     }
 }
 

@@ -69,7 +69,8 @@ struct ParseTests {
         #expect(refusal(["run", "--cpus", "two"]).contains("is not a whole number"))
         for (flag, bad) in [("--iterations", "0"), ("--iterations", "4294967295"), ("--iterations", "-1"), ("--rounds", "0"),
                             ("--rounds", "99999999999999999999"), ("--startup-runs", "0"), ("--startup-runs", "1001"),
-                            ("--exit-seconds", "0"), ("--exit-seconds", "3601"), ("--exit-target", "0"), ("--exit-target", "51")] {
+                            ("--exit-seconds", "0"), ("--exit-seconds", "3601"), ("--exit-target", "0"), ("--exit-target", "51"),
+                            ("--sched-seconds", "-1"), ("--sched-seconds", "61")] {
             let m = refusal(["bench", flag, bad])
             #expect(m.contains(flag) && m.contains(" to "), "\(m)")
         }

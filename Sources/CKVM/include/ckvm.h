@@ -144,4 +144,14 @@ int ckvm_memfd(const char *name);
 // eventfd(2) with EFD_CLOEXEC and optional EFD_SEMAPHORE / EFD_NONBLOCK.
 int ckvm_eventfd(int semaphore, int nonblock);
 
+// ---- thread placement (ThreadPlacement) ----
+// Pins the calling thread to `cpu`; 0 or -errno.
+int ckvm_pin_thread(int cpu);
+// The CPUs the calling thread may run on, into `out` (at most `max`); their count, or -errno.
+int ckvm_thread_cpus(int *out, int max);
+// Lets the calling thread run on the CPUs `cpus[0..<n]`; 0 or -errno.
+int ckvm_set_thread_cpus(const int *cpus, int n);
+// The CPU the calling thread runs on now, or -1.
+int ckvm_current_cpu(void);
+
 #endif

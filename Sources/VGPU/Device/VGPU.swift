@@ -22,7 +22,8 @@ import Synchronization
 /// - every log line a guest can cause goes through `log` (rate-limited per kind, `RateLimitedLog`);
 /// - a doorbell is scanned and shadowed on the thread that rang it: the vCPU thread for a trapped TAIL
 ///   write, the mediator thread for a PV doorbell (an ioeventfd it polls); `scanLocks[e]` keeps one scan
-///   per engine at a time. The mediator thread also ticks virtual vblanks. It runs under the device
+///   per engine at a time. The mediator thread also ticks virtual vblanks. It is placed by `ThreadPlacement`
+///   (pinned to the device CPU when one is set), then runs under the device
 ///   seccomp filter (`SeccompFilter.device`, unless the machine's `seccomp` is `.off`);
 /// - accepted submissions are queued in `state` and run by the engine's dispatcher thread (GPUHost's
 ///   `EngineDispatcher`, shared by every vGPU on the GPU, weighted time slices by default) through
@@ -191,6 +192,9 @@ public final class VGPU: PCIFunction, BusDevice, PausableDevice, DispatchClient,
     /// Time the vGPU's passes held an engine (configure, run, wait), summed.
     let engineNanos = Atomic<UInt64>(0)
     public var engineBusy: Duration { .nanoseconds(Int64(engineNanos.load(ordering: .relaxed))) }
+    /// Submissions that ran to completion on an engine (counted by the dispatcher's passes; for benchmarks).
+    let completedCount = Atomic<UInt64>(0)
+    public var completedSubmissions: UInt64 { completedCount.load(ordering: .relaxed) }
 
     /// From the first doorbell the mediator handled to the last completed submission.
     public var activeInterval: ClosedRange<ContinuousClock.Instant>? {
@@ -513,6 +517,7 @@ public final class VGPU: PCIFunction, BusDevice, PausableDevice, DispatchClient,
     private func startThreads() {
         // The mediator thread holds the vGPU until shutdown() stops it.
         mediatorThread = OSThread.spawn(name: "vgpu\(id)-mediator", { [self] in
+            ThreadPlacement.placeDeviceThread()   // before the filter (no sched_setaffinity in it)
             context?.enterDeviceSandbox(thread: "vgpu\(id)-mediator")
             mediatorLoop()
         })

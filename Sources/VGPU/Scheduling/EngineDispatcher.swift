@@ -64,7 +64,8 @@ public struct PassResult: Sendable, Equatable {
 /// the engine at a time and no engine lock.
 ///
 /// Threads and ownership:
-/// - the dispatcher thread (`gpuN-rcs`, `gpuN-bcs`) is started by the first `attach` and enters the
+/// - the dispatcher thread (`gpuN-rcs`, `gpuN-bcs`) is started by the first `attach`, placed by
+///   `ThreadPlacement` (pinned to its device CPU when one is set), and then enters the
 ///   seccomp filter the attaching client asks for (`sandbox`, the device filter of its VM); it is the only
 ///   thread that starts passes on the engine. It sleeps on `wake` (a blocking eventfd) until `notify()`;
 ///   a notification between its last look and its sleep is not lost (the eventfd counts);
@@ -115,6 +116,7 @@ public final class EngineDispatcher: @unchecked Sendable {
         if start {
             let name = threadName
             let t = OSThread.spawn(name: name) { [self] in
+                ThreadPlacement.placeDeviceThread()   // before the filter (no sched_setaffinity in it)
                 sandbox(name)
                 loop()
             }

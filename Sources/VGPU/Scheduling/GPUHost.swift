@@ -72,7 +72,8 @@ public final class GPUHost: @unchecked Sendable {
         schedulerKind = Mutex(scheduler)
         var c = config
         c.refreshRate = nil   // vblanks are virtual, per vGPU
-        gpu = SoftGPU(config: c)
+        // The software GPU's engine workers inherit the device placement (ThreadPlacement).
+        gpu = ThreadPlacement.asDeviceThread { SoftGPU(config: c) }
         let number = GPUHost.hosts.add(1, ordering: .relaxed).oldValue
         self.number = number
         do {

@@ -200,7 +200,10 @@ extension VGPU {
                 return run(e, p, slice: slice)
             }
         }
-        if result.submissions > 0 { activity.withLock { $0.last = ContinuousClock.now } }
+        if result.submissions > 0 {
+            completedCount.add(UInt64(result.submissions), ordering: .relaxed)
+            activity.withLock { $0.last = ContinuousClock.now }
+        }
         return result
     }
 
