@@ -28,9 +28,15 @@ public func loaderFuzzTarget(_ data: UnsafePointer<UInt8>?, _ size: Int) -> Int3
             guard info % 4 == 0, memory.contains(UInt64(info), length: 88) else {
                 fuzzFinding("multiboot information at 0x\(String(info, radix: 16)) is not an aligned 88-byte block in guest RAM")
             }
+        case .linux64(let rip, let bootParams):
+            entry = rip
+            // boot_params (the zero page) must lie in guest RAM, page aligned (Linux boot protocol).
+            guard bootParams % 4096 == 0, memory.contains(bootParams, length: 4096) else {
+                fuzzFinding("Linux boot_params at 0x\(String(bootParams, radix: 16)) is not a page in guest RAM")
+            }
         case .real16: fuzzFinding("an image loaded as a real-mode blob: \(plan)")
         }
-        guard plan.kind == .elf64 || plan.kind == .multiboot else { fuzzFinding("unexpected image kind \(plan.kind)") }
+        guard plan.kind == .elf64 || plan.kind == .multiboot || plan.kind == .linux else { fuzzFinding("unexpected image kind \(plan.kind)") }
         guard memory.contains(entry) else { fuzzFinding("loaded image enters at 0x\(String(entry, radix: 16)), outside guest RAM") }
     } catch {
         let text = error.description
