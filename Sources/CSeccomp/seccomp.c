@@ -6,6 +6,7 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <termios.h>
 #include <unistd.h>
 #include <linux/audit.h>
 
@@ -22,6 +23,10 @@ static int reporter_error;
 // calling into the dynamic linker.
 #define LABEL_SIZE 96
 static __thread char thread_label[LABEL_SIZE] __attribute__((tls_model("initial-exec")));
+
+// The terminal settings the reporter restores before exiting (cseccomp_restore_terminal_on_report).
+static struct termios report_termios;
+static int report_termios_fd = -1;   // read and written with __atomic builtins
 
 static size_t append(char *buf, size_t at, size_t cap, const char *s) {
     while (*s && at + 1 < cap) buf[at++] = *s++;
@@ -61,6 +66,8 @@ static void sigsys_handler(int sig, siginfo_t *info, void *context) {
         p += w;
         left -= w;
     }
+    int tty = __atomic_load_n(&report_termios_fd, __ATOMIC_ACQUIRE);
+    if (tty >= 0) (void)tcsetattr(tty, TCSANOW, &report_termios);   // ioctl TCSETS, allowed by every filter
     _exit(CSECCOMP_EXIT_STATUS);
 }
 
@@ -113,6 +120,16 @@ int cseccomp_allow(cseccomp_filter *f, int nr) {
 
 int cseccomp_allow_masked(cseccomp_filter *f, int nr, unsigned arg, uint64_t mask, uint64_t value) {
     return seccomp_rule_add(f->ctx, SCMP_ACT_ALLOW, nr, 1, SCMP_CMP(arg, SCMP_CMP_MASKED_EQ, mask, value));
+}
+
+int cseccomp_allow_ioctl_on(cseccomp_filter *f, int fd, unsigned long request) {
+    return seccomp_rule_add(f->ctx, SCMP_ACT_ALLOW, SCMP_SYS(ioctl), 2, SCMP_A0(SCMP_CMP_EQ, (scmp_datum_t)fd),
+                            SCMP_A1(SCMP_CMP_MASKED_EQ, 0xffffffffu, (scmp_datum_t)(request & 0xffffffffu)));
+}
+
+void cseccomp_restore_terminal_on_report(int fd, const struct termios *saved) {
+    if (saved) report_termios = *saved;
+    __atomic_store_n(&report_termios_fd, saved ? fd : -1, __ATOMIC_RELEASE);
 }
 
 int cseccomp_prioritize(cseccomp_filter *f, int nr) {

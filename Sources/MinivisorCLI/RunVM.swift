@@ -15,11 +15,14 @@ func runVM(_ request: RunRequest) -> Never {
     var vgpuOptions = VGPUOptions(screenshotPath: request.screenshot, type: request.vgpuType)
     vgpuOptions.tracePath = request.tracePath
     var config = request.configuration()
-    // COM1 input: a terminal, or a pipe or file on stdin (not /dev/null or another device).
+    // COM1 input: a terminal, or a pipe or file on stdin (not /dev/null or another device). A terminal
+    // (in the foreground) is put in raw mode just before the guest starts, with the Ctrl-A escapes.
+    let attachTerminal = request.serial == .stdio && ConsoleTerminal.canAttach
     if request.serial == .stdio {
         var st = stat()
         let kind = fstat(0, &st) == 0 ? st.st_mode & S_IFMT : 0
         config.serialInputFromStdin = isatty(0) != 0 || kind == S_IFIFO || kind == S_IFREG
+        config.serialConsoleEscapes = attachTerminal
     }
     let vm: VirtualMachine
     do {
@@ -50,6 +53,8 @@ func runVM(_ request: RunRequest) -> Never {
     if let server = vm.vnc { writeStderr("minivisor: VNC server listening on \(server.host):\(server.port)\n") }
     // The VM is built: only now are output files created or truncated.
     do { try vm.openOutputs() } catch { fail("\(error)", status: CLIStatus.usage) }
+    // From here every exit path restores the terminal (ConsoleTerminal).
+    if attachTerminal { ConsoleTerminal.attach() }
     let reason: ExitReason
     if let port = request.gdbPort {
         let stub: GDBStub

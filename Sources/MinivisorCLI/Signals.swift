@@ -5,8 +5,8 @@ import Synchronization
 
 /// SIGINT, SIGTERM and SIGHUP during `minivisor run`: the first one stops the VM, which ends as usual
 /// (last screenshot, suppressed-log summaries) with `ExitReason.signal` and status 18; a second one while
-/// the VM is still stopping ends the process at once, also with status 18. minivisor changes no terminal
-/// settings, so there is nothing to restore.
+/// the VM is still stopping ends the process at once, also with status 18, after restoring the terminal's
+/// settings (`ConsoleTerminal`; the first signal's way out restores them through `exit`).
 ///
 /// Threads and ownership: `start(seccomp:)` runs on the main thread before any other thread exists, and
 /// blocks the three signals there, so every thread created later inherits the blocked mask and only the
@@ -65,6 +65,7 @@ enum TerminationSignals {
         }
         guard first else {
             writeStderr("minivisor: \(signalName(n)) while the VM was stopping: exiting now\n")
+            ConsoleTerminal.restore()
             _exit(ExitReason.signalStatus)
         }
         for vm in vms { vm.stop(.signal(n)) }

@@ -9,6 +9,7 @@
 #define CSECCOMP_H
 
 #include <stdint.h>
+#include <termios.h>
 
 /// minivisor's exit status when a seccomp filter refused a system call (README "Exit status").
 #define CSECCOMP_EXIT_STATUS 16
@@ -31,6 +32,14 @@ int cseccomp_allow(cseccomp_filter *f, int nr);
 /// Allows system call `nr` when (argument `arg` & `mask`) == `value` (one rule; add several for a set).
 /// 0 or -errno.
 int cseccomp_allow_masked(cseccomp_filter *f, int nr, unsigned arg, uint64_t mask, uint64_t value);
+
+/// Allows ioctl(`fd`, `request`, ...) (the request's low 32 bits compared, as the kernel does). 0 or -errno.
+int cseccomp_allow_ioctl_on(cseccomp_filter *f, int fd, unsigned long request);
+
+/// Makes the reporter set terminal `fd` to `saved` (tcsetattr TCSANOW) before it exits; NULL forgets it.
+/// Call before any thread that could be refused uses the terminal in another mode (the copy is published
+/// with release ordering). Every filter allows ioctl(fd 0, TCSETS) for this.
+void cseccomp_restore_terminal_on_report(int fd, const struct termios *saved);
 
 /// Asks libseccomp to check system call `nr` early in the filter (for the hot ones, e.g. ioctl).
 int cseccomp_prioritize(cseccomp_filter *f, int nr);

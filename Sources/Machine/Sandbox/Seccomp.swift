@@ -48,13 +48,20 @@ public enum SeccompFilter: String, Sendable, CaseIterable {
     struct Rule: Sendable {
         let name: String
         let condition: (arg: UInt32, mask: UInt64, value: UInt64)?
-        init(_ name: String) { self.name = name; condition = nil }
-        init(_ name: String, arg: UInt32, mask: UInt64, value: UInt64) {
+        /// ioctl only: the descriptor (argument 0) must be this one, and the request is `condition`'s value.
+        let descriptor: Int32?
+        init(_ name: String) { self.name = name; condition = nil; descriptor = nil }
+        init(_ name: String, arg: UInt32, mask: UInt64, value: UInt64, descriptor: Int32? = nil) {
             self.name = name
             condition = (arg, mask, value)
+            self.descriptor = descriptor
         }
         /// ioctl with this request (the kernel's command is 32 bits: only those are compared).
         static func ioctl(_ request: UInt) -> Rule { Rule("ioctl", arg: 1, mask: 0xffff_ffff, value: UInt64(request)) }
+        /// ioctl with this request on descriptor `fd` only.
+        static func ioctl(_ request: UInt, on fd: Int32) -> Rule {
+            Rule("ioctl", arg: 1, mask: 0xffff_ffff, value: UInt64(request), descriptor: fd)
+        }
     }
 
     /// What every filtered thread needs: the Swift runtime, Glibc's malloc and locks (futex, mmap family,
@@ -62,8 +69,10 @@ public enum SeccompFilter: String, Sendable, CaseIterable {
     /// (strftime's tzset stats /etc/localtime), kicks (pthread_kill = getpid + tgkill), signal returns
     /// and thread exit (rt_sigprocmask, madvise of the stack; exit and exit_group are always allowed), and
     /// restart_syscall: a timed wait (futex, nanosleep, poll) interrupted by a stop (Ctrl-Z and fg, a
-    /// tracer attaching, a cgroup freezer) resumes through it.
-    static let common: [Rule] = [
+    /// tracer attaching, a cgroup freezer) resumes through it. And restoring the terminal on standard input
+    /// (tcsetattr TCSANOW = ioctl(0, TCSETS)) on the way out: the CLI's exit after `run()` on the monitor
+    /// thread, the signal thread's immediate exit, and the SIGSYS reporter on whichever thread was refused.
+    static let common: [Rule] = [Rule.ioctl(UInt(TCSETS), on: 0)] + [
         "futex", "gettid", "getpid", "tgkill", "sched_yield",
         "mmap", "munmap", "mremap", "madvise", "mprotect", "brk",
         "clock_gettime", "clock_nanosleep", "nanosleep",
@@ -166,7 +175,12 @@ public enum Seccomp {
         defer { cseccomp_filter_free(f) }
         for rule in filter.rules {
             guard let nr = systemCallNumber(rule.name) else { throw .unknownSystemCall(rule.name) }
-            let r = rule.condition.map { cseccomp_allow_masked(f, nr, $0.arg, $0.mask, $0.value) } ?? cseccomp_allow(f, nr)
+            let r: Int32
+            if let fd = rule.descriptor, let c = rule.condition {
+                r = cseccomp_allow_ioctl_on(f, fd, UInt(c.value))
+            } else {
+                r = rule.condition.map { cseccomp_allow_masked(f, nr, $0.arg, $0.mask, $0.value) } ?? cseccomp_allow(f, nr)
+            }
             guard r == 0 else { throw .libseccomp(operation: "build", thread: label, errno: -r) }
         }
         let ioctl = cseccomp_syscall_number("ioctl")
@@ -179,6 +193,13 @@ public enum Seccomp {
     static func systemCallNumber(_ name: String) -> Int32? {
         let nr = cseccomp_syscall_number(name)
         return nr >= 0 ? nr : nil
+    }
+
+    /// Makes a refused system call's report restore the terminal on standard input (the one descriptor
+    /// every filter allows TCSETS on) to `saved` before the process exits; nil forgets it. Call before
+    /// the terminal leaves `saved`'s mode.
+    public static func restoreStandardInputTerminalOnRefusal(_ saved: termios?) {
+        if var t = saved { cseccomp_restore_terminal_on_report(0, &t) } else { cseccomp_restore_terminal_on_report(0, nil) }
     }
 
     /// The label ("vcpu0 (vcpu filter)") of the filter the calling thread loaded, or nil.

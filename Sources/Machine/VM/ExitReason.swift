@@ -23,6 +23,8 @@ public enum ExitReason: Sendable, Equatable, CustomStringConvertible {
     case guestPanic
     /// The process was asked to end (SIGINT, SIGTERM, SIGHUP: the CLI stops the VM and exits).
     case signal(Int32)
+    /// The user typed the console's quit escape (Ctrl-A x) on the terminal attached to the serial port.
+    case consoleQuit
 
     /// Process exit status for this reason (see README "Exit status").
     public var exitStatus: Int32 {
@@ -35,13 +37,13 @@ public enum ExitReason: Sendable, Equatable, CustomStringConvertible {
         case .entryFailure: return 10
         case .timeout: return 12
         case .hostError: return 14
-        case .signal: return ExitReason.signalStatus
+        case .signal, .consoleQuit: return ExitReason.signalStatus
         case .guestPanic: return ExitReason.guestPanicStatus
         }
     }
 
     public static let configurationErrorStatus: Int32 = 2
-    /// The VM was stopped because the process got SIGINT, SIGTERM or SIGHUP.
+    /// The VM was stopped because the process got SIGINT, SIGTERM or SIGHUP, or the user typed Ctrl-A x.
     public static let signalStatus: Int32 = 18
     /// The guest kernel panicked (pvpanic).
     public static let guestPanicStatus: Int32 = 20
@@ -57,6 +59,7 @@ public enum ExitReason: Sendable, Equatable, CustomStringConvertible {
         case .timeout: return "timeout expired"
         case .hostError(let s): return "host error: \(s)"
         case .signal(let n): return "stopped by \(signalName(n))"
+        case .consoleQuit: return "stopped from the console (Ctrl-A x)"
         case .guestPanic: return "the guest kernel panicked (pvpanic port 0x505)"
         }
     }

@@ -294,7 +294,9 @@ public final class Machine: MachineControl, DeviceContext, @unchecked Sendable {
             return
         }
         if configuration.serialInputFromStdin {
-            let reader = StdinReader(serial: serial) { [unowned self] in self.enterSeccomp(.device, thread: "serial-stdin") }
+            let reader = StdinReader(serial: serial, escapes: configuration.serialConsoleEscapes,
+                                     quit: { [unowned self] in self.requestStop(.consoleQuit) },
+                                     beforeLoop: { [unowned self] in self.enterSeccomp(.device, thread: "serial-stdin") })
             state.withLock { $0.stdinReader = reader }
         }
         // A timeout that has run out before the start (zero or negative) ends the VM before its first

@@ -10,6 +10,9 @@ public struct MachineConfiguration: Sendable {
     public var serialOutput: SerialOutput = .stdout
     /// Feed this process's standard input to the UART (for interactive use).
     public var serialInputFromStdin: Bool = false
+    /// With `serialInputFromStdin`: take the console escapes (`ConsoleEscape`: Ctrl-A x stops the VM with
+    /// `ExitReason.consoleQuit`) out of the input. For a terminal on stdin, as the CLI sets it.
+    public var serialConsoleEscapes: Bool = false
     /// Multiboot modules.
     public var modules: [BootModule] = []
     /// Where the boot timer's line goes (a write to port 0xf6, `BootTimer`); stderr by default.

@@ -430,12 +430,15 @@ extension String {
 }
 
 /// Feeds this process's standard input to the UART from a background thread, which runs under the
-/// device seccomp filter (`beforeLoop` installs it).
+/// device seccomp filter (`beforeLoop` installs it). With `escapes` (a terminal on stdin), the
+/// `ConsoleEscape` keys are taken out: Ctrl-A x calls `quit`, Ctrl-A h prints the list on stderr.
 final class StdinReader: @unchecked Sendable {
     private let running = Atomic<Bool>(true)
-    init(serial: Serial16550, beforeLoop: @escaping @Sendable () -> Void) {
+    init(serial: Serial16550, escapes: Bool, quit: @escaping @Sendable () -> Void,
+         beforeLoop: @escaping @Sendable () -> Void) {
         OSThread.detached(name: "serial-stdin") { [self] in
             beforeLoop()
+            var escape = escapes ? ConsoleEscape() : nil
             var buf = [UInt8](repeating: 0, count: 16)
             while running.load(ordering: .relaxed) {
                 var pfd = pollfd(fd: 0, events: Int16(POLLIN), revents: 0)
@@ -448,7 +451,15 @@ final class StdinReader: @unchecked Sendable {
                 if space == 0 { usleep(1000); continue }
                 let n = buf.withUnsafeMutableBytes { read(0, $0.baseAddress!, min(space, 16)) }
                 if n <= 0 { return }
-                serial.receive(Array(buf[0..<n]))
+                guard escape != nil else { serial.receive(Array(buf[0..<n])); continue }
+                let (guest, actions) = escape!.filter(buf[0..<n])
+                if !guest.isEmpty { serial.receive(guest) }
+                for a in actions {
+                    switch a {
+                    case .quit: quit(); return
+                    case .help: _ = ConsoleEscape.help.utf8CString.withUnsafeBytes { write(2, $0.baseAddress, $0.count - 1) }
+                    }
+                }
             }
         }
     }
