@@ -57,7 +57,7 @@ struct Run: ParsableCommand {
     @Option(help: "Command line handed to the guest through its boot protocol.")
     var cmdline: String = ""
 
-    @Option(help: "Where COM1 output goes: stdio, file:PATH (a regular file, a FIFO with a reader or a character device) or none. Input comes from stdin when it is a terminal.")
+    @Option(help: "Where COM1 output goes: stdio, file:PATH (a regular file, a FIFO with a reader or a character device) or none. With stdio, input comes from stdin (a terminal, a pipe or a file); a terminal is in raw mode while the guest runs (Ctrl-C goes to the guest; Ctrl-A x quits with status 18, Ctrl-A Ctrl-A sends Ctrl-A, Ctrl-A h lists the keys).")
     var serial: String = "stdio"
 
     @Option(name: .customLong("module"), help: "Multiboot module: a file, optionally followed by arguments (\"PATH ARGS\"). Repeatable.")
