@@ -19,14 +19,32 @@ struct LinuxBootIntegrationTests {
     @Test(.enabled(if: Support.kvmAvailable && artifacts)) func bootsToTheInitMarker() throws {
         let host = HostProfile.detect()
         let started = clock_gettime_ns()
+        // With a bochs-display: Linux's own bochs DRM driver must probe it and fbcon draw the console there
+        // (tty0), while /dev/console stays the serial port (the last console= wins).
+        let shot = Support.tempPath("linux-bochs.png")
+        defer { unlink(shot) }
         let (status, output) = Support.run(Support.minivisor, [
             "run", "--kernel", Self.kernel!, "--initrd", Self.initrd!, "--cpus", "2", "--memory", "256M",
-            "--timeout", "1800", "--append", "console=ttyS0 panic=-1 mv.run=uname,-r",
+            "--display", "bochs", "--screenshot", shot,
+            "--timeout", "1800", "--append", "console=tty0 console=ttyS0 panic=-1 mv.run=uname,-r",
         ])
         let seconds = Double(clock_gettime_ns() - started) / 1e9
         print("Linux boot: \(Double(Int(seconds * 10)) / 10) s, status \(status), host \(host.softwareKVM ? "kvm-pvm (ring 0 emulated)" : "hardware KVM")")
         #expect(output.contains("minivisor: Linux: bzImage"), "\(output.suffix(2000))")
         #expect(output.contains("Run /init as init process"), "\(output.suffix(2000))")
+        #expect(output.contains("[drm] Found bochs VGA, ID 0xb0c5."), "the bochs DRM driver did not find the device")
+        #expect(output.contains("[drm] Initialized bochs-drm"), "the bochs DRM driver did not initialise")
+        #expect(output.contains("fbcon: bochs-drmdrmfb (fb0) is primary device"), "fbcon is not on the bochs display")
+        // The console as the guest drew it: 1024x768 (the EDID's preferred mode), text on black. Light
+        // pixels are glyphs; a console of many lines has a good share of them, an empty screen none.
+        if let (w, h, rgb) = Support.readPNG(shot) {
+            #expect(w == 1024 && h == 768, "\(w)x\(h)")
+            var light = 0
+            for p in stride(from: 0, to: rgb.count, by: 3) where rgb[p] > 128 && rgb[p + 1] > 128 && rgb[p + 2] > 128 { light += 1 }
+            #expect(light > 10_000, "only \(light) light pixels: no console text on the bochs display")
+        } else {
+            Issue.record("no screenshot of the bochs display at \(shot)")
+        }
         if host.softwareKVM {
             #expect(output.contains("added to the command line: noxsave clearcpuid="))
             // init's first syscall faults on this host and the kernel panics: its pvpanic driver (found
