@@ -487,4 +487,10 @@ public enum OSThread {
     public static func detached(name: String, _ body: @escaping @Sendable () -> Void) {
         if let t = spawn(name: name, body) { pthread_detach(t) }
     }
+
+    /// Waits for `thread` to end; called on `thread` itself (a service stopping itself), detaches it
+    /// instead, since a thread cannot join itself.
+    public static func join(_ thread: pthread_t) {
+        if pthread_equal(thread, pthread_self()) != 0 { pthread_detach(thread) } else { pthread_join(thread, nil) }
+    }
 }

@@ -146,7 +146,7 @@ public final class EngineDispatcher: @unchecked Sendable {
         }
         notify()
         guard let t else { return }
-        if pthread_equal(t, pthread_self()) != 0 { pthread_detach(t) } else { pthread_join(t, nil) }
+        OSThread.join(t)
     }
 
     private var stopping: Bool { state.withLock { $0.stopping } }

@@ -109,7 +109,7 @@ public final class GPUWatchdog: @unchecked Sendable {
         }
         notify()
         guard let t else { return }
-        if pthread_equal(t, pthread_self()) != 0 { pthread_detach(t) } else { pthread_join(t, nil) }
+        OSThread.join(t)
     }
 
     /// The sleep between looks while work is on an engine, for `limit`.
